@@ -1,0 +1,101 @@
+"""Candidates of a training batch: which columns each user is scored against,
+which of them are valid negatives, and their logQ corrections.
+
+Convention (as in TensorFlow Recommenders' retrieval task): user ``b`` is
+scored against its positive and against ``C`` negative columns. With in-batch
+negatives the first ``B`` columns are the batch's positives (column ``b``, the
+user's own positive, is never a negative); sampled negatives follow, shared by
+every user (``[M]``) or one row per user (``[B, n]``). Pure tensor functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from twotower.samplers import Negatives
+
+
+def mask_value(dtype: torch.dtype) -> float:
+    """A large finite negative for masked logits: ``-inf`` would make a row
+    whose every candidate is masked produce NaN in a softmax."""
+    return torch.finfo(dtype).min / 100
+
+
+def known_positive(positive_keys: torch.Tensor, num_items: int, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Whether ``(users[b], items[b, c])`` is a training positive.
+
+    ``positive_keys``: sorted ``user * num_items + item`` of all training
+    positives; ``users``: ``[B]``; ``items``: ``[B, C]`` -> bool ``[B, C]``.
+    """
+    if len(positive_keys) == 0:
+        return torch.zeros(items.shape, dtype=torch.bool)
+    keys = users[:, None] * num_items + items
+    pos = torch.searchsorted(positive_keys, keys).clamp_max(len(positive_keys) - 1)
+    return positive_keys[pos] == keys
+
+
+@dataclass
+class CandidateLayout:
+    """Everything about a batch's negative columns that depends on ids, not vectors.
+
+    ``extra_items``: ids of sampled negatives, ``[M]`` (shared) or ``[B, n]``
+    (per example), or ``None``; ``valid``: ``[B, C]`` bool, False for a user's
+    own positive and for accidental hits; ``neg_logq``: ``[B, C]`` or ``None``;
+    ``pos_logq``: ``[B]`` or ``None``.
+    """
+
+    in_batch: bool
+    extra_items: torch.Tensor | None
+    valid: torch.Tensor | None
+    neg_logq: torch.Tensor | None
+    pos_logq: torch.Tensor | None
+
+
+def build_layout(
+    users: torch.Tensor, positives: torch.Tensor, negatives: Negatives, positive_keys: torch.Tensor, num_items: int
+) -> CandidateLayout:
+    """Assemble the ``[B, C]`` candidate columns of a batch and mask accidental hits
+    (a negative that is in fact one of that user's training positives)."""
+    batch = len(users)
+    columns, logqs = [], []
+    if negatives.in_batch:
+        columns.append(positives.expand(batch, batch))
+        logqs.append(None if negatives.positives_logq is None else negatives.positives_logq.expand(batch, batch))
+    if negatives.items is not None:
+        extra = negatives.items if negatives.items.dim() == 2 else negatives.items.expand(batch, -1)
+        columns.append(extra)
+        if negatives.items_logq is not None:
+            q = negatives.items_logq
+            logqs.append(q if q.dim() == 2 else q.expand(batch, -1))
+        else:
+            logqs.append(None)
+    if not columns:
+        return CandidateLayout(False, None, None, None, None)
+    items = torch.cat(columns, dim=1)
+    valid = ~known_positive(positive_keys, num_items, users, items)
+    valid &= items != positives[:, None]  # the user's own positive is never its negative
+    neg_logq = None
+    if any(q is not None for q in logqs):
+        neg_logq = torch.cat([torch.zeros(c.shape) if q is None else q for c, q in zip(columns, logqs)], dim=1)
+    pos_logq = negatives.positives_logq if negatives.in_batch else None
+    return CandidateLayout(negatives.in_batch, negatives.items, valid, neg_logq, pos_logq)
+
+
+def score_candidates(
+    user_vecs: torch.Tensor, pos_vecs: torch.Tensor, extra_vecs: torch.Tensor | None, in_batch: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Similarities of each user with its positive and its negative columns.
+
+    ``user_vecs``, ``pos_vecs``: ``[B, D]``; ``extra_vecs``: ``[M, D]`` shared,
+    ``[B, n, D]`` per example, or ``None``. Returns ``pos [B]`` and
+    ``neg [B, C]`` (``None`` when there are no negatives).
+    """
+    pos = (user_vecs * pos_vecs).sum(-1)
+    parts = []
+    if in_batch:
+        parts.append(user_vecs @ pos_vecs.T)
+    if extra_vecs is not None:
+        parts.append(user_vecs @ extra_vecs.T if extra_vecs.dim() == 2 else torch.einsum("bd,bnd->bn", user_vecs, extra_vecs))
+    return pos, (torch.cat(parts, dim=1) if parts else None)

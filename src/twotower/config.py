@@ -1,0 +1,55 @@
+"""Config helpers: where the configs live, the one route to ``instantiate``,
+checks that run before any work, and the secrets that must never be logged."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+# conf/ sits at the repository root, beside src/ (the package is installed in editable mode).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says what to use instead."""
+
+
+def build(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate`` with the config path in the error message."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:  # noqa: BLE001 - re-raised with context
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        cause = err.__cause__ or err
+        raise ConfigError(f"could not build {target}: {cause}") from err
+
+
+def check_loss_sampler(loss, sampler, cfg: DictConfig | None = None) -> None:
+    """Refuse a loss/sampler pair that cannot work, naming both and the way out."""
+    loss_name = type(loss).__name__
+    sampler_name = type(sampler).__name__
+    if loss.needs_negatives and not sampler.provides_negatives:
+        raise ConfigError(
+            f"loss {loss_name} needs negatives but sampler {sampler_name} provides none; "
+            "use sampler=in_batch, uniform or popularity"
+        )
+    if not loss.needs_negatives and sampler.provides_negatives:
+        raise ConfigError(
+            f"loss {loss_name} regresses observed ratings and would ignore the negatives of {sampler_name}; "
+            "use sampler=none (model=matrix_completion selects it)"
+        )
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The full resolved config as plain containers, for saving with the run."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def load_dotenv_file(path: str | os.PathLike | None = None) -> None:
+    """Read ``.env`` (if any) into the environment without overriding what is already set."""
+    from dotenv import load_dotenv
+
+    load_dotenv(path or Path.cwd() / ".env", override=False)

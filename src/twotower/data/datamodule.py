@@ -1,0 +1,180 @@
+"""The DataModule: loads a data source, prepares tensors (``prepare``), and
+builds batches by indexing those tensors; the configured negative sampler runs
+here, while a batch is assembled. It only wires the pure pieces together."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from twotower.candidates import build_layout
+from twotower.data.features import parse_feature_specs
+from twotower.data.prepare import EvalSet, PreparedData, SplitArrays, prepare
+from twotower.data.schema import InteractionData
+
+
+def gather(features: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``index`` of every feature tensor, plus the dense ``index`` itself."""
+    out = {name: t[index] for name, t in features.items()}
+    out["index"] = index
+    return out
+
+
+def _csr_slice(ptr: torch.Tensor, values: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """COO (row - start, value) pairs of CSR rows ``start:stop``."""
+    lengths = ptr[start + 1 : stop + 1] - ptr[start:stop]
+    rows = torch.repeat_interleave(torch.arange(stop - start), lengths)
+    return rows, values[ptr[start] : ptr[stop]]
+
+
+class TrainBatches(IterableDataset):
+    """Shuffled training batches; one permutation per epoch, seeded by ``seed + epoch``
+    so an epoch's batches do not depend on how many epochs ran before in this process."""
+
+    def __init__(self, dm: "RetrievalDataModule"):
+        self.dm = dm
+
+    def __len__(self) -> int:
+        n = len(self.dm.train_examples.user)
+        return (n + self.dm.batch_size - 1) // self.dm.batch_size
+
+    def __iter__(self) -> Iterator[dict]:
+        dm = self.dm
+        generator = torch.Generator().manual_seed(dm.seed * 1_000_003 + dm.epoch)
+        dm.epoch += 1
+        ex = dm.train_examples
+        order = torch.randperm(len(ex.user), generator=generator)
+        for start in range(0, len(order), dm.batch_size):
+            yield dm.train_batch(order[start : start + dm.batch_size], generator)
+
+
+class EvalBatches(IterableDataset):
+    """Chunks of evaluation users with the items to mask and to find."""
+
+    def __init__(self, dm: "RetrievalDataModule", split: str):
+        self.dm, self.split = dm, split
+
+    def __len__(self) -> int:
+        n = len(self.dm.data.eval_sets[self.split].users)
+        return (n + self.dm.eval_batch_size - 1) // self.dm.eval_batch_size
+
+    def __iter__(self) -> Iterator[dict]:
+        es: EvalSet = self.dm.data.eval_sets[self.split]
+        for start in range(0, len(es.users), self.dm.eval_batch_size):
+            stop = min(start + self.dm.eval_batch_size, len(es.users))
+            seen_rows, seen_items = _csr_slice(es.seen_ptr, es.seen_items, start, stop)
+            target_rows, target_items = _csr_slice(es.target_ptr, es.target_items, start, stop)
+            yield {
+                "user": gather(self.dm.data.user_features, es.users[start:stop]),
+                "seen_rows": seen_rows,
+                "seen_items": seen_items,
+                "target_rows": target_rows,
+                "target_items": target_items,
+                "warm": es.warm[start:stop],
+            }
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """``source``: a callable returning an :class:`InteractionData` (a loader
+    from ``conf/data/*.yaml``). ``sampler``: a callable ``(item_counts) ->
+    sampler`` (from ``conf/sampler/*.yaml``). ``train_on``: ``"positives"``
+    (clicks) or ``"ratings"`` (every rated interaction, for ``mse``)."""
+
+    def __init__(
+        self,
+        source: Callable[[], InteractionData],
+        sampler: Callable,
+        user_features: list[dict],
+        item_features: list[dict],
+        positive_threshold: float | None = 4,
+        split: dict | None = None,
+        batch_size: int = 1024,
+        eval_batch_size: int = 1024,
+        train_on: str = "positives",
+        seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}, eval_batch_size={eval_batch_size}: expected >= 1")
+        if train_on not in ("positives", "ratings"):
+            raise ValueError(f"train_on={train_on!r}: expected 'positives' or 'ratings'")
+        self.source = source
+        self.sampler_factory = sampler
+        self.user_specs = parse_feature_specs(user_features, "user", "user_id")
+        self.item_specs = parse_feature_specs(item_features, "item", "item_id")
+        self.positive_threshold = positive_threshold
+        self.split = dict(split or {"kind": "temporal"})
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.train_on = train_on
+        self.seed = seed
+        self.epoch = 0
+        self.data: PreparedData | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        split = dict(self.split)
+        self.data = prepare(
+            self.source(),
+            self.user_specs,
+            self.item_specs,
+            self.positive_threshold,
+            split.pop("kind", "temporal"),
+            **split,
+        )
+        self.sampler = self.sampler_factory(item_counts=self.data.item_counts)
+        train = self.data.splits["train"]
+        if self.train_on == "ratings":
+            rated = ~torch.isnan(train.rating)
+            self.train_examples = SplitArrays(train.user[rated], train.item[rated], train.rating[rated], train.positive[rated])
+            if len(self.train_examples.user) == 0:
+                raise ValueError(f"{self.data.name}: this loss trains on ratings, but the training split has none")
+        else:
+            self.train_examples = train.positives()
+
+    def train_batch(self, rows: torch.Tensor, generator: torch.Generator) -> dict:
+        ex, data = self.train_examples, self.data
+        users, items = ex.user[rows], ex.item[rows]
+        negatives = self.sampler.sample(users, items, generator)
+        layout = build_layout(users, items, negatives, data.train_positive_keys, data.num_items)
+        batch = {
+            "user": gather(data.user_features, users),
+            "pos": gather(data.item_features, items),
+            "rating": ex.rating[rows],
+            "in_batch": layout.in_batch,
+        }
+        if layout.extra_items is not None:
+            batch["extra"] = gather(data.item_features, layout.extra_items.reshape(-1))
+            batch["extra_per_example"] = layout.extra_items.dim() == 2
+        for key in ("valid", "neg_logq", "pos_logq"):
+            value = getattr(layout, key)
+            if value is not None:
+                batch[key] = value
+        return batch
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TrainBatches(self), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(EvalBatches(self, "val"), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(EvalBatches(self, "test"), batch_size=None)
+
+    def item_chunks(self, chunk_size: int = 65536) -> Iterator[dict[str, torch.Tensor]]:
+        """The whole catalogue's item features, in chunks of ``chunk_size`` items."""
+        for start in range(0, self.data.num_items, chunk_size):
+            index = torch.arange(start, min(start + chunk_size, self.data.num_items))
+            yield gather(self.data.item_features, index)
+
+    def save_artifacts(self, run_dir: str | Path) -> Path:
+        """Write the fitted features (vocabularies, statistics, bucket boundaries) as ``features.json``."""
+        path = Path(run_dir) / "features.json"
+        path.write_text(json.dumps(self.data.fitted, indent=1))
+        return path

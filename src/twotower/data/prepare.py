@@ -1,0 +1,188 @@
+"""From an :class:`InteractionData` to tensors: split, positives, dense indices,
+fitted features, popularity counts and evaluation sets.
+
+Everything data-derived that the model needs (vocabulary sizes, item counts)
+is produced here from the training split only; nothing is typed into config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from twotower.data.features import FeatureSpec, feature_columns, fit_and_encode
+from twotower.data.schema import SPLIT_NAMES, DataError, InteractionData
+from twotower.data.splits import split_interactions
+
+
+@dataclass
+class SplitArrays:
+    """One split's interactions as dense indices; all tensors ``[n]``."""
+
+    user: torch.Tensor  # long
+    item: torch.Tensor  # long
+    rating: torch.Tensor  # float32, NaN where unknown
+    positive: torch.Tensor  # bool
+
+    def positives(self) -> "SplitArrays":
+        m = self.positive
+        return SplitArrays(self.user[m], self.item[m], self.rating[m], self.positive[m])
+
+
+@dataclass
+class EvalSet:
+    """Users to rank the whole catalogue for, with their held-out positives
+    (targets) and the items to mask (already seen), both in CSR form:
+    user ``users[u]`` has targets ``target_items[target_ptr[u]:target_ptr[u+1]]``."""
+
+    users: torch.Tensor  # [U] long
+    target_ptr: torch.Tensor  # [U+1] long
+    target_items: torch.Tensor  # [T] long
+    seen_ptr: torch.Tensor  # [U+1] long
+    seen_items: torch.Tensor  # [S] long
+    warm: torch.Tensor  # [U] bool: the user has training interactions
+
+
+@dataclass
+class PreparedData:
+    name: str
+    user_ids: pd.Index  # dense user index -> raw id
+    item_ids: pd.Index  # dense item index -> raw id (the whole catalogue)
+    splits: dict[str, SplitArrays]
+    user_features: dict[str, torch.Tensor]  # each [num_users, ...]
+    item_features: dict[str, torch.Tensor]  # each [num_items, ...]
+    fitted: dict[str, list[dict]]  # {"user": [...], "item": [...]}: the artifact saved as features.json
+    item_counts: torch.Tensor  # [num_items] float: training positives per item
+    train_positive_keys: torch.Tensor  # sorted unique user * num_items + item over training positives
+    eval_sets: dict[str, EvalSet]  # "val", "test"
+    item_titles: list[str] | None = None
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+
+def _csr(owner: np.ndarray, values: np.ndarray, rows: np.ndarray, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group ``values`` by ``owner`` for the owners listed in ``rows``.
+
+    ``owner``/``values``: ``[n]``; ``rows``: ``[U]`` dense owner ids;
+    returns (ptr ``[U+1]``, items ``[m]``), deduplicated per row."""
+    position = np.full(num_rows, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    pos = position[owner]
+    keep = pos >= 0
+    pairs = np.unique(np.stack([pos[keep], values[keep]], axis=1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)
+    counts = np.bincount(pairs[:, 0], minlength=len(rows))
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    return torch.as_tensor(ptr, dtype=torch.long), torch.as_tensor(pairs[:, 1].copy(), dtype=torch.long)
+
+
+def positive_mask(ratings: np.ndarray, threshold: float | None, name: str) -> np.ndarray:
+    """A rating at or above ``threshold`` is a click; ``None`` makes every interaction one."""
+    if threshold is None:
+        return np.ones(len(ratings), dtype=bool)
+    if np.isnan(ratings).all():
+        raise DataError(
+            f"{name}: positive_threshold={threshold} but the interactions carry no rating or label; "
+            "set data.positive_threshold=null to treat every interaction as a positive"
+        )
+    return ratings >= threshold
+
+
+def prepare(
+    data: InteractionData,
+    user_specs: list[FeatureSpec],
+    item_specs: list[FeatureSpec],
+    positive_threshold: float | None,
+    split_kind: str,
+    val_ratio: float = 0.1,
+    test_ratio: float = 0.1,
+    seed: int = 0,
+) -> PreparedData:
+    inter = data.interactions.reset_index(drop=True)
+    is_pos = positive_mask(inter["rating"].to_numpy(dtype=np.float64), positive_threshold, data.name)
+    if split_kind == "predefined" or data.predefined_split is not None:
+        if data.predefined_split is None:
+            raise DataError(f"{data.name}: split.kind='predefined' needs train/val/test files in the data source")
+        parts = {k: v.reset_index(drop=True) for k, v in data.predefined_split.items()}
+    else:
+        parts = split_interactions(inter.assign(_pos=is_pos), split_kind, is_pos, val_ratio, test_ratio, seed)
+        parts = {k: v.drop(columns="_pos") for k, v in parts.items()}
+
+    # Every id anywhere (feature tables included) gets a dense index; the catalogue is every item.
+    all_users = pd.concat([p["user_id"] for p in parts.values()] + ([data.users.index.to_series()] if data.users is not None else []))
+    all_items = pd.concat([p["item_id"] for p in parts.values()] + ([data.items.index.to_series()] if data.items is not None else []))
+    user_ids = pd.Index(pd.unique(all_users.to_numpy()), name="user_id")
+    item_ids = pd.Index(pd.unique(all_items.to_numpy()), name="item_id")
+
+    splits = {}
+    for name in SPLIT_NAMES:
+        p = parts[name]
+        rating = p["rating"].to_numpy(dtype=np.float64)
+        splits[name] = SplitArrays(
+            user=torch.as_tensor(user_ids.get_indexer(p["user_id"]), dtype=torch.long),
+            item=torch.as_tensor(item_ids.get_indexer(p["item_id"]), dtype=torch.long),
+            rating=torch.tensor(rating, dtype=torch.float32),
+            positive=torch.as_tensor(positive_mask(rating, positive_threshold, f"{data.name} {name}"), dtype=torch.bool),
+        )
+    train = splits["train"]
+    if len(train.user) == 0 or not bool(train.positive.any()):
+        raise DataError(f"{data.name}: the training split has no positive interaction; check positive_threshold and the split")
+
+    # Fit features on the entities seen in training only.
+    train_user_rows = np.unique(train.user.numpy())
+    train_item_rows = np.unique(train.item.numpy())
+    user_frame = feature_columns(data.users, user_ids, user_specs, "user_id")
+    item_frame = feature_columns(data.items, item_ids, item_specs, "item_id")
+    user_fitted, user_features = fit_and_encode(user_specs, user_frame, train_user_rows)
+    item_fitted, item_features = fit_and_encode(item_specs, item_frame, train_item_rows)
+
+    num_items = len(item_ids)
+    pos = train.positives()
+    item_counts = torch.bincount(pos.item, minlength=num_items).float()
+    keys = torch.unique(pos.user * num_items + pos.item)  # sorted
+
+    warm = np.zeros(len(user_ids), dtype=bool)
+    warm[train_user_rows] = True
+    eval_sets = {}
+    seen_u, seen_i = train.user.numpy(), train.item.numpy()
+    for name in ("val", "test"):
+        targets = splits[name].positives()
+        users = np.unique(targets.user.numpy())
+        target_ptr, target_items = _csr(targets.user.numpy(), targets.item.numpy(), users, len(user_ids))
+        seen_ptr, seen_items = _csr(seen_u, seen_i, users, len(user_ids))
+        eval_sets[name] = EvalSet(
+            users=torch.as_tensor(users, dtype=torch.long),
+            target_ptr=target_ptr,
+            target_items=target_items,
+            seen_ptr=seen_ptr,
+            seen_items=seen_items,
+            warm=torch.as_tensor(warm[users]),
+        )
+        # For test, validation interactions are seen too.
+        seen_u = np.concatenate([seen_u, splits["val"].user.numpy()])
+        seen_i = np.concatenate([seen_i, splits["val"].item.numpy()])
+
+    titles = None
+    if data.items is not None and "title" in data.items.columns:
+        titles = data.items["title"].reindex(item_ids).fillna("").astype(str).tolist()
+    return PreparedData(
+        name=data.name,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        splits=splits,
+        user_features=user_features,
+        item_features=item_features,
+        fitted={"user": user_fitted, "item": item_fitted},
+        item_counts=item_counts,
+        train_positive_keys=keys,
+        eval_sets=eval_sets,
+        item_titles=titles,
+    )

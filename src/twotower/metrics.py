@@ -1,0 +1,118 @@
+"""Full-ranking metrics: pure tensor functions, no Lightning.
+
+Conventions (those of RecBole, so numbers compare): per user, with ``n`` held-out
+positives and ``hits[r]`` whether the item at rank ``r`` (0-based) is one of them,
+  - Recall@K    = sum_{r<K} hits / n
+  - Precision@K = sum_{r<K} hits / K
+  - HitRate@K   = 1 if any hit in the top K
+  - MRR@K       = 1 / (1 + first hit rank), 0 without a hit in the top K
+  - NDCG@K      = sum_{r<K} hits[r] / log2(r + 2)  /  sum_{r<min(n,K)} 1 / log2(r + 2)
+and every metric is the mean over users. Catalogue coverage@K is the share of
+all items that appear in at least one user's top K; mean popularity@K the mean
+training count of the retrieved items.
+"""
+
+from __future__ import annotations
+
+import torch
+
+METRIC_NAMES = ("recall", "ndcg", "hit_rate", "mrr", "precision")
+
+
+def per_user_metrics(hits: torch.Tensor, num_targets: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:
+    """``hits``: bool ``[U, K_max]`` (ranked top-K_max); ``num_targets``: ``[U]`` (> 0).
+
+    Returns ``{"recall@10": [U], ...}`` for every metric and K in ``ks``."""
+    hits = hits.float()
+    k_max = hits.shape[1]
+    discounts = 1.0 / torch.log2(torch.arange(k_max, dtype=torch.float, device=hits.device) + 2)
+    cum_hits = hits.cumsum(1)
+    cum_gain = (hits * discounts).cumsum(1)
+    cum_ideal = discounts.cumsum(0)
+    ranks = torch.arange(k_max, device=hits.device)
+    first_hit = torch.where(hits.bool(), ranks, k_max).min(1).values
+    n = num_targets.float()
+    out = {}
+    for k in ks:
+        if not 1 <= k <= k_max:
+            raise ValueError(f"K={k}: expected 1 <= K <= {k_max}")
+        h = cum_hits[:, k - 1]
+        ideal = cum_ideal[(num_targets.clamp(max=k) - 1).long()]
+        out[f"recall@{k}"] = h / n
+        out[f"ndcg@{k}"] = cum_gain[:, k - 1] / ideal
+        out[f"hit_rate@{k}"] = (h > 0).float()
+        out[f"mrr@{k}"] = torch.where(first_hit < k, 1.0 / (first_hit.float() + 1), torch.zeros_like(n))
+        out[f"precision@{k}"] = h / k
+    return out
+
+
+class RankingAccumulator:
+    """Collects per-user metrics and retrieved items over chunks of users, then
+    averages: over all users, and apart over warm users (seen in training) and
+    cold users (not seen), when both kinds are present."""
+
+    def __init__(self, ks: list[int], item_counts: torch.Tensor):
+        self.ks = sorted(ks)
+        self.item_counts = item_counts.float()
+        self.values: dict[str, list[torch.Tensor]] = {}
+        self.warm: list[torch.Tensor] = []
+        self.retrieved = {k: torch.zeros(len(item_counts), dtype=torch.bool) for k in self.ks}
+        self.popularity = {k: 0.0 for k in self.ks}
+        self.num_users = 0
+
+    def add(self, topk_items: torch.Tensor, hits: torch.Tensor, num_targets: torch.Tensor, warm: torch.Tensor) -> None:
+        """``topk_items``: ``[U, K_max]`` long; ``hits``: bool ``[U, K_max]``; ``num_targets``, ``warm``: ``[U]``."""
+        topk_items, hits, num_targets, warm = (t.detach().cpu() for t in (topk_items, hits, num_targets, warm))
+        for name, v in per_user_metrics(hits, num_targets, self.ks).items():
+            self.values.setdefault(name, []).append(v)
+        self.warm.append(warm.bool())
+        for k in self.ks:
+            top = topk_items[:, :k]
+            self.retrieved[k][top.reshape(-1)] = True
+            self.popularity[k] += float(self.item_counts[top].sum())
+        self.num_users += len(topk_items)
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        if self.num_users == 0:
+            return {}
+        warm = torch.cat(self.warm)
+        groups = {"": torch.ones_like(warm)}
+        if warm.any() and (~warm).any():
+            groups.update({"warm/": warm, "cold/": ~warm})
+        out = {}
+        for name, chunks in self.values.items():
+            v = torch.cat(chunks)
+            for group, mask in groups.items():
+                out[f"{prefix}/{group}{name}"] = float(v[mask].mean())
+        for k in self.ks:
+            out[f"{prefix}/coverage@{k}"] = float(self.retrieved[k].float().mean())
+            out[f"{prefix}/mean_popularity@{k}"] = self.popularity[k] / (self.num_users * k)
+        if len(groups) > 1:
+            out[f"{prefix}/num_warm_users"] = float(warm.sum())
+            out[f"{prefix}/num_cold_users"] = float((~warm).sum())
+        out[f"{prefix}/num_users"] = float(self.num_users)
+        return out
+
+
+def rank_and_match(
+    scores: torch.Tensor,
+    seen_rows: torch.Tensor,
+    seen_items: torch.Tensor,
+    target_rows: torch.Tensor,
+    target_items: torch.Tensor,
+    k_max: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask already-seen items, take the top ``k_max`` and mark the hits.
+
+    ``scores``: ``[U, N]`` (modified in place); ``seen_rows/seen_items`` and
+    ``target_rows/target_items``: COO pairs (row in this chunk, item).
+    Returns ``topk_items [U, k_max]``, ``hits [U, k_max]`` bool and
+    ``num_targets [U]``."""
+    scores[seen_rows, seen_items] = float("-inf")  # a masked item can never be retrieved
+    k_max = min(k_max, scores.shape[1])
+    topk_items = scores.topk(k_max, dim=1).indices
+    is_target = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    is_target[target_rows, target_items] = True
+    hits = is_target.gather(1, topk_items)
+    num_targets = torch.bincount(target_rows, minlength=scores.shape[0])
+    return topk_items, hits, num_targets

@@ -1,0 +1,69 @@
+"""One tower: an embedding per feature, concatenated, an MLP, optionally L2-normalized.
+
+Used for both sides. The layout of its inputs comes from the fitted feature
+artifacts (``features.json``), so a tower can be rebuilt from a run's files.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from twotower.data.features import BUCKET_SUFFIX
+
+
+class Tower(nn.Module):
+    """Features ``{name: tensor [B] or [B, L]}`` -> vectors ``[B, output_dim]``.
+
+    ``fitted``: the tower's fitted features (each with ``name``, ``kind`` and
+    ``cardinality`` where it has a table). ``mlp``: hidden and output sizes;
+    an empty list makes the tower output the concatenated embeddings (the
+    matrix-completion baseline: one ID embedding, nothing else).
+    """
+
+    def __init__(
+        self,
+        fitted: list[dict],
+        embedding_dim: int = 32,
+        mlp: list[int] | tuple[int, ...] = (128, 64),
+        dropout: float = 0.0,
+        normalize: bool = True,
+        init_std: float = 0.1,
+    ):
+        super().__init__()
+        self.normalize = normalize
+        self.embeddings = nn.ModuleDict()
+        self.bags = nn.ModuleDict()
+        self.dense_inputs: list[str] = []
+        for f in fitted:
+            name, kind = f["name"], f["kind"]
+            if kind in ("id", "categorical"):
+                self.embeddings[name] = nn.Embedding(f["cardinality"], embedding_dim)
+            elif kind == "multi_categorical":
+                # Row 0 pads and marks unknown values; it is left out of the mean.
+                self.bags[name] = nn.EmbeddingBag(f["cardinality"], embedding_dim, mode="mean", padding_idx=0)
+            else:
+                if "mean" in f:
+                    self.dense_inputs.append(name)
+                if "boundaries" in f:
+                    self.embeddings[name + BUCKET_SUFFIX] = nn.Embedding(f["cardinality"], embedding_dim)
+        for table in [*self.embeddings.values(), *self.bags.values()]:
+            nn.init.normal_(table.weight, std=init_std)
+        width = embedding_dim * (len(self.embeddings) + len(self.bags)) + len(self.dense_inputs)
+        if width == 0:
+            raise ValueError("a tower needs at least one feature")
+        layers: list[nn.Module] = []
+        for i, size in enumerate(mlp):
+            layers.append(nn.Linear(width, size))
+            if i < len(mlp) - 1:  # no activation after the output layer
+                layers += [nn.ReLU(), nn.Dropout(dropout)] if dropout > 0 else [nn.ReLU()]
+            width = size
+        self.mlp = nn.Sequential(*layers)
+        self.output_dim = width
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [table(features[name]) for name, table in self.embeddings.items()]
+        parts += [bag(features[name]) for name, bag in self.bags.items()]
+        parts += [features[name][:, None] for name in self.dense_inputs]
+        x = self.mlp(torch.cat(parts, dim=1))
+        return nn.functional.normalize(x, dim=-1) if self.normalize else x

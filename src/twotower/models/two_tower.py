@@ -1,0 +1,63 @@
+"""Models that score (user, item) pairs through separate user and item vectors,
+so item vectors can be computed ahead of time and indexed."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from twotower.models.tower import Tower
+
+
+class TwoTowerModel(nn.Module):
+    """A user tower and an item tower; the score is ``<user_vec, item_vec>``,
+    which is the cosine similarity when the towers normalize their outputs.
+
+    ``feature_set="ids"`` keeps only the ID features (the matrix-completion
+    baseline, and the ID-only two-tower model)."""
+
+    trainable = True
+
+    def __init__(
+        self,
+        fitted: dict[str, list[dict]],
+        embedding_dim: int = 32,
+        mlp: list[int] | tuple[int, ...] = (128, 64),
+        dropout: float = 0.0,
+        normalize: bool = True,
+        feature_set: str = "all",
+    ):
+        super().__init__()
+        if feature_set not in ("all", "ids"):
+            raise ValueError(f"model.feature_set={feature_set!r}: expected 'all' or 'ids'")
+        pick = (lambda fs: fs) if feature_set == "all" else (lambda fs: [f for f in fs if f["kind"] == "id"])
+        self.user_tower = Tower(pick(fitted["user"]), embedding_dim, mlp, dropout, normalize)
+        self.item_tower = Tower(pick(fitted["item"]), embedding_dim, mlp, dropout, normalize)
+
+    def encode_users(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, D]`` user vectors."""
+        return self.user_tower(features)
+
+    def encode_items(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[N, D]`` item vectors."""
+        return self.item_tower(features)
+
+
+class PopularityModel(nn.Module):
+    """Non-learned baseline: every user gets the most-clicked training items.
+
+    Written as a one-dimensional two-tower model (user vector 1, item vector
+    its training count) so it runs through the same evaluation."""
+
+    trainable = False
+
+    def __init__(self, item_counts: torch.Tensor):
+        super().__init__()
+        self.register_buffer("item_counts", item_counts.float())
+
+    def encode_users(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        index = features["index"]
+        return torch.ones(len(index), 1, device=index.device)
+
+    def encode_items(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.item_counts[features["index"]][:, None]

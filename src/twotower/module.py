@@ -1,0 +1,120 @@
+"""The LightningModule: holds both towers, scores a batch's candidates and calls
+the configured loss; ranks the whole catalogue for validation and test. The
+math lives in ``candidates``, ``losses`` and ``metrics``; this file wires it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from twotower.candidates import score_candidates
+from twotower.losses import ScoredBatch
+from twotower.metrics import RankingAccumulator, rank_and_match
+
+
+class RetrievalModule(L.LightningModule):
+    """``model``: has ``encode_users``/``encode_items`` (and ``trainable``);
+    ``loss``: a callable on :class:`ScoredBatch`; ``optimizer``: a partial
+    taking the parameters; ``ks``: cut-offs for the ranking metrics."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[[ScoredBatch], torch.Tensor] | None,
+        optimizer: Callable | None,
+        ks: list[int],
+        item_counts: torch.Tensor,
+        config: dict | None = None,
+        fitted_features: dict | None = None,
+    ):
+        super().__init__()
+        if not ks or min(ks) < 1:
+            raise ValueError(f"eval.ks={ks}: expected a non-empty list of positive integers")
+        self.model = model
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.ks = sorted(ks)
+        self.register_buffer("item_counts", item_counts.float(), persistent=False)
+        # Stored in every checkpoint, so a checkpoint describes itself.
+        self.run_config = config or {}
+        self.fitted_features = fitted_features or {}
+        self._item_vectors: torch.Tensor | None = None
+        self._accumulator: RankingAccumulator | None = None
+
+    # ---- training ------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        users = self.model.encode_users(batch["user"])
+        positives = self.model.encode_items(batch["pos"])
+        extra = None
+        if "extra" in batch:
+            extra = self.model.encode_items(batch["extra"])
+            if batch["extra_per_example"]:
+                extra = extra.view(len(users), -1, extra.shape[-1])
+        pos, neg = score_candidates(users, positives, extra, batch["in_batch"])
+        scored = ScoredBatch(
+            pos=pos,
+            neg=neg,
+            neg_valid=batch.get("valid"),
+            pos_logq=batch.get("pos_logq"),
+            neg_logq=batch.get("neg_logq"),
+            rating=batch["rating"],
+        )
+        loss = self.loss(scored)
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(users))
+        return loss
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(params=self.parameters())
+
+    # ---- evaluation: exact full ranking ---------------------------------------
+    @torch.no_grad()
+    def _encode_catalogue(self) -> torch.Tensor:
+        """``[num_items, D]`` vectors of every item, encoded in chunks."""
+        chunks = [
+            self.model.encode_items({k: v.to(self.device) for k, v in feats.items()})
+            for feats in self.trainer.datamodule.item_chunks()
+        ]
+        return torch.cat(chunks)
+
+    def _start_eval(self) -> None:
+        self._item_vectors = self._encode_catalogue()
+        self._accumulator = RankingAccumulator(self.ks, self.item_counts.cpu())
+
+    def _eval_step(self, batch: dict) -> None:
+        scores = self.model.encode_users(batch["user"]) @ self._item_vectors.T  # [U, N]
+        topk, hits, num_targets = rank_and_match(
+            scores, batch["seen_rows"], batch["seen_items"], batch["target_rows"], batch["target_items"], max(self.ks)
+        )
+        self._accumulator.add(topk, hits, num_targets, batch["warm"])
+
+    def _end_eval(self, prefix: str) -> dict[str, float]:
+        metrics = self._accumulator.compute(prefix)
+        self._item_vectors, self._accumulator = None, None
+        self.log_dict(metrics, sync_dist=False)
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics = self._end_eval("test")
+
+    # ---- checkpoints describe themselves --------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["twotower_config"] = self.run_config
+        checkpoint["twotower_features"] = self.fitted_features

@@ -1,0 +1,44 @@
+"""The results a run leaves behind: ``results.json`` and a printed table."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from twotower.metrics import METRIC_NAMES
+
+
+def write_results(metrics: dict[str, float], run_dir: Path) -> Path:
+    path = Path(run_dir) / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+    tmp.replace(path)  # never a half-written results.json
+    return path
+
+
+def format_table(metrics: dict[str, float], prefix: str = "test") -> str:
+    """Metrics as a text table: one row per metric@K, one column per user group
+    (all, and warm / cold users when the split has both), then coverage and
+    mean popularity of the retrieved items per K."""
+    pattern = re.compile(rf"^{prefix}/(?:(warm|cold)/)?({'|'.join(METRIC_NAMES)}|coverage|mean_popularity)@(\d+)$")
+    table: dict[tuple[str, int], dict[str, float]] = {}
+    for key, value in metrics.items():
+        m = pattern.match(key)
+        if m:
+            table.setdefault((m.group(2), int(m.group(3))), {})[m.group(1) or "all"] = value
+    if not table:
+        return "(no metrics)"
+    order = [*METRIC_NAMES, "coverage", "mean_popularity"]
+    groups = [g for g in ("all", "warm", "cold") if any(g in row for row in table.values())]
+    headers = []
+    for g in groups:
+        count = metrics.get(f"{prefix}/num_users" if g == "all" else f"{prefix}/num_{g}_users")
+        headers.append(g if count is None else f"{g} ({int(count)} users)")
+    width = max(12, *(len(h) for h in headers))
+    lines = ["metric".ljust(20) + "".join(h.rjust(width + 2) for h in headers)]
+    for name, k in sorted(table, key=lambda c: (order.index(c[0]), c[1])):
+        row = table[(name, k)]
+        cells = [f"{row[g]:.4f}" if g in row else "" for g in groups]
+        lines.append(f"{name}@{k}".ljust(20) + "".join(c.rjust(width + 2) for c in cells))
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Negative samplers: pure functions of item ids and training counts.
+
+A sampler sees a batch's users and positive items and returns a
+:class:`Negatives`: the extra candidate items (if any), whether the batch's
+other positives serve as negatives (in-batch), and the log-probability ``log q``
+of each candidate under the process that produced it, for the logQ
+correction (Yi et al., RecSys 2019). Samplers know nothing of models,
+Lightning or files; the DataModule calls them while it builds a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Negatives:
+    """Negatives of one batch of ``B`` (user, positive item) pairs.
+
+    ``items``: ``[B, n]`` per-example negatives, ``[M]`` negatives shared by
+    the whole batch, or ``None``. ``in_batch``: the batch's positives are also
+    candidates for every user (the diagonal is each user's own positive).
+    ``items_logq`` matches ``items``; ``positives_logq`` is ``[B]``, the log
+    probability of each positive as an in-batch candidate. A ``None`` logq
+    means no correction for those candidates.
+    """
+
+    items: torch.Tensor | None = None
+    in_batch: bool = False
+    items_logq: torch.Tensor | None = None
+    positives_logq: torch.Tensor | None = None
+
+
+def batch_probabilities(item_counts: torch.Tensor) -> torch.Tensor:
+    """Probability that a training positive drawn at random is item ``i``:
+    ``count_i / sum(counts)``. An item appears in a batch of ``B`` with
+    probability about ``B`` times this; the constant factor cancels in a
+    softmax, so this is the ``p`` of the logQ correction. ``[N] -> [N]``."""
+    total = item_counts.sum()
+    if total <= 0:
+        raise ValueError("item_counts sum to zero: no training positive to estimate frequencies from")
+    return item_counts / total
+
+
+def resample_collisions(
+    negatives: torch.Tensor, positives: torch.Tensor, draw, generator: torch.Generator, max_rounds: int = 100
+) -> torch.Tensor:
+    """Redraw per-example negatives equal to their row's positive.
+
+    ``negatives``: ``[B, n]``; ``positives``: ``[B]``; ``draw(k)`` returns ``k``
+    fresh item ids. Stops when no collision is left (or after ``max_rounds``,
+    which only a one-item catalogue can reach; the loss then masks the rest).
+    """
+    negatives = negatives.clone()
+    for _ in range(max_rounds):
+        clash = negatives == positives[:, None]
+        k = int(clash.sum())
+        if k == 0:
+            break
+        negatives[clash] = draw(k, generator)
+    return negatives
+
+
+class NoNegatives:
+    """For losses that need no negatives (``mse`` regresses observed ratings)."""
+
+    provides_negatives = False
+
+    def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
+        return Negatives()
+
+
+class InBatchSampler:
+    """The batch's other positives are the negatives; with ``logq_correction``
+    each candidate's logit is shifted by ``-log p`` (``p`` from training counts)."""
+
+    provides_negatives = True
+
+    def __init__(self, item_counts: torch.Tensor, logq_correction: bool = True):
+        self.logq_correction = logq_correction
+        self.log_p = torch.log(batch_probabilities(item_counts).clamp_min(1e-12))
+
+    def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
+        logq = self.log_p[positives] if self.logq_correction else None
+        return Negatives(in_batch=True, positives_logq=logq)
+
+
+class CorpusSampler:
+    """Negatives drawn from the whole catalogue with probability proportional to
+    ``weights`` (all ones: uniform; ``count ** alpha``: popularity).
+
+    ``num_negatives`` per example (``shared=False``, ``[B, n]``, never the
+    row's own positive) or for the whole batch (``shared=True``, ``[n]``).
+    """
+
+    provides_negatives = True
+
+    def __init__(self, weights: torch.Tensor, num_negatives: int, shared: bool = False, logq_correction: bool = False):
+        if num_negatives < 1:
+            raise ValueError(f"num_negatives={num_negatives}: expected >= 1")
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError("sampling weights must be >= 0 and not all zero")
+        self.probs = weights / weights.sum()
+        self.log_q = torch.log(self.probs.clamp_min(1e-12))
+        self.num_negatives = num_negatives
+        self.shared = shared
+        self.logq_correction = logq_correction
+        self._uniform = bool((weights == weights[0]).all())
+
+    def draw(self, k: int, generator: torch.Generator) -> torch.Tensor:
+        if self._uniform:
+            return torch.randint(len(self.probs), (k,), generator=generator)
+        return torch.multinomial(self.probs, k, replacement=True, generator=generator)
+
+    def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
+        if self.shared:
+            items = self.draw(self.num_negatives, generator)
+        else:
+            flat = self.draw(len(positives) * self.num_negatives, generator).view(len(positives), self.num_negatives)
+            items = resample_collisions(flat, positives, self.draw, generator)
+        return Negatives(items=items, items_logq=self.log_q[items] if self.logq_correction else None)
+
+
+def uniform_sampler(item_counts: torch.Tensor, num_negatives: int, shared: bool = False, logq_correction: bool = False) -> CorpusSampler:
+    """Every catalogue item equally likely."""
+    return CorpusSampler(torch.ones_like(item_counts, dtype=torch.float), num_negatives, shared, logq_correction)
+
+
+def popularity_sampler(
+    item_counts: torch.Tensor, num_negatives: int, alpha: float = 0.75, shared: bool = False, logq_correction: bool = False
+) -> CorpusSampler:
+    """Item ``i`` with probability proportional to ``count_i ** alpha``."""
+    return CorpusSampler(item_counts.float() ** alpha, num_negatives, shared, logq_correction)
+
+
+def in_batch_sampler(item_counts: torch.Tensor, logq_correction: bool = True) -> InBatchSampler:
+    return InBatchSampler(item_counts, logq_correction)
+
+
+def no_negatives(item_counts: torch.Tensor) -> NoNegatives:
+    return NoNegatives()
