@@ -23,17 +23,34 @@ def mask_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min / 100
 
 
-def known_positive(positive_keys: torch.Tensor, num_items: int, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """Whether ``(users[b], items[b, c])`` is a training positive.
+class PositiveLookup:
+    """Answers "is (user, item) a training positive?" for ``[B, C]`` candidates.
 
-    ``positive_keys``: sorted ``user * num_items + item`` of all training
-    positives; ``users``: ``[B]``; ``items``: ``[B, C]`` -> bool ``[B, C]``.
+    A dense bitmap of users x items when it fits in ``max_dense`` entries (one
+    byte each: a gather per candidate), else a binary search over the sorted
+    ``user * num_items + item`` keys (slower, memory bounded by the positives).
     """
-    if len(positive_keys) == 0:
-        return torch.zeros(items.shape, dtype=torch.bool)
-    keys = users[:, None] * num_items + items
-    pos = torch.searchsorted(positive_keys, keys).clamp_max(len(positive_keys) - 1)
-    return positive_keys[pos] == keys
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, num_users: int, num_items: int, max_dense: int = 1 << 27):
+        self.num_items = num_items
+        keys = users.long() * num_items + items.long()
+        if num_users * num_items <= max_dense:
+            self.dense = torch.zeros(num_users * num_items, dtype=torch.bool)
+            self.dense[keys] = True
+            self.keys = None
+        else:
+            self.dense = None
+            self.keys = torch.unique(keys)  # sorted
+
+    def __call__(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``users``: ``[B]``; ``items``: ``[B, C]`` -> bool ``[B, C]``."""
+        keys = users[:, None] * self.num_items + items
+        if self.dense is not None:
+            return self.dense[keys]
+        if len(self.keys) == 0:
+            return torch.zeros(items.shape, dtype=torch.bool)
+        pos = torch.searchsorted(self.keys, keys).clamp_max(len(self.keys) - 1)
+        return self.keys[pos] == keys
 
 
 @dataclass
@@ -54,7 +71,7 @@ class CandidateLayout:
 
 
 def build_layout(
-    users: torch.Tensor, positives: torch.Tensor, negatives: Negatives, positive_keys: torch.Tensor, num_items: int
+    users: torch.Tensor, positives: torch.Tensor, negatives: Negatives, is_positive: PositiveLookup
 ) -> CandidateLayout:
     """Assemble the ``[B, C]`` candidate columns of a batch and mask accidental hits
     (a negative that is in fact one of that user's training positives)."""
@@ -74,7 +91,7 @@ def build_layout(
     if not columns:
         return CandidateLayout(False, None, None, None, None)
     items = torch.cat(columns, dim=1)
-    valid = ~known_positive(positive_keys, num_items, users, items)
+    valid = ~is_positive(users, items)
     valid &= items != positives[:, None]  # the user's own positive is never its negative
     neg_logq = None
     if any(q is not None for q in logqs):

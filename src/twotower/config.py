@@ -53,3 +53,16 @@ def load_dotenv_file(path: str | os.PathLike | None = None) -> None:
     from dotenv import load_dotenv
 
     load_dotenv(path or Path.cwd() / ".env", override=False)
+
+
+def compose_config(overrides: list[str] | None = None, output_dir: str | os.PathLike | None = None) -> DictConfig:
+    """Compose ``conf/train.yaml`` without running Hydra's app (tests, notebooks,
+    benchmarks). The compose API sets no ``HydraConfig``, so the run directory
+    is given here instead of read from ``${hydra:runtime.output_dir}``."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = list(overrides or [])
+    if output_dir is not None:
+        overrides.append(f"paths.output_dir={Path(output_dir).resolve()}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)

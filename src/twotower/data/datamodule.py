@@ -142,7 +142,7 @@ class RetrievalDataModule(L.LightningDataModule):
         ex, data = self.train_examples, self.data
         users, items = ex.user[rows], ex.item[rows]
         negatives = self.sampler.sample(users, items, generator)
-        layout = build_layout(users, items, negatives, data.train_positive_keys, data.num_items)
+        layout = build_layout(users, items, negatives, data.is_train_positive)
         batch = {
             "user": gather(data.user_features, users),
             "pos": gather(data.item_features, items),

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from twotower.candidates import PositiveLookup
 from twotower.data.features import FeatureSpec, feature_columns, fit_and_encode
 from twotower.data.schema import SPLIT_NAMES, DataError, InteractionData
 from twotower.data.splits import split_interactions
@@ -56,7 +57,7 @@ class PreparedData:
     item_features: dict[str, torch.Tensor]  # each [num_items, ...]
     fitted: dict[str, list[dict]]  # {"user": [...], "item": [...]}: the artifact saved as features.json
     item_counts: torch.Tensor  # [num_items] float: training positives per item
-    train_positive_keys: torch.Tensor  # sorted unique user * num_items + item over training positives
+    is_train_positive: PositiveLookup  # (user, item) -> whether it is a training positive
     eval_sets: dict[str, EvalSet]  # "val", "test"
     item_titles: list[str] | None = None
 
@@ -147,7 +148,6 @@ def prepare(
     num_items = len(item_ids)
     pos = train.positives()
     item_counts = torch.bincount(pos.item, minlength=num_items).float()
-    keys = torch.unique(pos.user * num_items + pos.item)  # sorted
 
     warm = np.zeros(len(user_ids), dtype=bool)
     warm[train_user_rows] = True
@@ -182,7 +182,7 @@ def prepare(
         item_features=item_features,
         fitted={"user": user_fitted, "item": item_fitted},
         item_counts=item_counts,
-        train_positive_keys=keys,
+        is_train_positive=PositiveLookup(pos.user, pos.item, len(user_ids), num_items),
         eval_sets=eval_sets,
         item_titles=titles,
     )
