@@ -61,6 +61,9 @@ def compose_config(overrides: list[str] | None = None, output_dir: str | os.Path
     is given here instead of read from ``${hydra:runtime.output_dir}``."""
     from hydra import compose, initialize_config_dir
 
+    from twotower.runs import register_resolvers
+
+    register_resolvers()
     overrides = list(overrides or [])
     if output_dir is not None:
         overrides.append(f"paths.output_dir={Path(output_dir).resolve()}")

@@ -1,20 +1,33 @@
-"""Experiment loggers: CSV always; Weights & Biases through Lightning's logger,
-in a mode decided before the Trainer is built (an online logger with no
-reachable server would make ``fit`` fail, it never falls back by itself)."""
+"""Experiment loggers: CSV always; Weights & Biases through Lightning's logger.
+
+The W&B run is started here, before the Trainer is built, in a mode decided
+up front: Lightning's logger never falls back by itself, and an online
+``wandb.init`` with an unreachable server blocks for ``init_timeout`` seconds.
+So an online start that fails falls back to offline (with a warning) after a
+short timeout, and the run can be uploaded later with ``wandb sync``.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+log = logging.getLogger("twotower")
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)$", re.IGNORECASE)
+REDACTED = "<redacted>"
 
 
 def resolve_wandb_mode(mode: str, environ: dict | None = None) -> str:
-    """``auto`` -> ``online`` when ``WANDB_API_KEY`` is set, else ``offline``
-    (offline runs write locally and can be uploaded later with ``wandb sync``)."""
+    """``auto`` -> ``online`` when ``WANDB_API_KEY`` is set, else ``offline``."""
     environ = os.environ if environ is None else environ
     if mode not in WANDB_MODES:
         raise ValueError(f"logger.wandb.mode={mode!r}: expected one of {list(WANDB_MODES)}")
@@ -23,38 +36,99 @@ def resolve_wandb_mode(mode: str, environ: dict | None = None) -> str:
     return mode
 
 
-def build_loggers(cfg: dict, run_dir: Path, config_to_log: dict) -> list[Logger]:
-    """``cfg``: the ``logger`` config; ``config_to_log``: the resolved run config."""
+def redact_secrets(value: Any, environ: dict | None = None) -> Any:
+    """Replace every string that holds the value of a secret environment variable
+    (``*_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*PASSWORD``) by ``<redacted>``, recursively."""
+    environ = os.environ if environ is None else environ
+    secrets = [v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= 6]
+    if not secrets:
+        return value
+
+    def scrub(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(scrub(x) for x in v)
+        if isinstance(v, str):
+            for s in secrets:
+                v = v.replace(s, REDACTED)
+        return v
+
+    return scrub(value)
+
+
+def server_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def start_wandb_run(settings: dict, run_dir: Path, config: dict, group: str | None, tags: list[str]):
+    """``wandb.init`` in the resolved mode; an online start that fails within
+    ``init_timeout`` seconds falls back to offline. Returns the run or ``None``."""
+    mode = resolve_wandb_mode(settings.get("mode", "auto"))
+    if mode == "disabled":
+        return None
+    import wandb
+
+    kwargs = dict(
+        project=settings.get("project", "twotower"),
+        entity=settings.get("entity"),
+        group=group,
+        job_type=settings.get("job_type", "train"),
+        tags=tags,
+        config=config,
+        dir=str(run_dir),
+        reinit="finish_previous",
+    )
+    if mode == "online":
+        base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        # wandb.init itself can take far longer than init_timeout to give up, so probe first.
+        if not server_reachable(base_url, timeout=min(3.0, settings.get("init_timeout", 15))):
+            log.warning("W&B server %s is unreachable; logging offline instead: upload later with `wandb sync`", base_url)
+            return wandb.init(mode="offline", **kwargs)
+        try:
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=settings.get("init_timeout", 15)), **kwargs)
+        except Exception as err:  # noqa: BLE001 - any failure to reach the server
+            log.warning("W&B online start failed (%s); logging offline instead: upload later with `wandb sync`", err)
+    return wandb.init(mode="offline", **kwargs)
+
+
+def build_loggers(cfg: dict, run_dir: Path, config: dict, group: str | None = None, tags: list[str] | None = None) -> list[Logger]:
+    """``cfg``: the ``logger`` config; ``config``: the resolved run config (secrets redacted)."""
     loggers: list[Logger] = []
     if cfg.get("csv", {}).get("enabled", True):
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
     wb = cfg.get("wandb", {})
     if wb.get("enabled", False):
-        mode = resolve_wandb_mode(wb.get("mode", "auto"))
-        if mode != "disabled":
+        run = start_wandb_run(wb, run_dir, config, group or wb.get("group"), list(tags or []))
+        if run is not None:
             from lightning.pytorch.loggers import WandbLogger
 
-            # mode= goes straight to wandb.init; offline=True would set WANDB_MODE for the
-            # whole process and leak into later jobs of a multirun.
-            logger = WandbLogger(
-                project=wb.get("project", "twotower"),
-                entity=wb.get("entity"),
-                group=wb.get("group"),
-                job_type=wb.get("job_type", "train"),
-                tags=list(wb.get("tags") or []),
-                save_dir=str(run_dir),
-                mode=mode,
-            )
-            logger.log_hyperparams(config_to_log)
-            loggers.append(logger)
+            loggers.append(WandbLogger(experiment=run, save_dir=str(run_dir)))
     return loggers
 
 
-def finish_wandb() -> None:
+def log_summary(metrics: dict[str, float]) -> None:
+    """Put the final metrics in the W&B run's summary (shown in the runs table)."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.run.summary.update(metrics)
+
+
+def finish_wandb(exit_code: int = 0) -> None:
     """Close the W&B run, if one is open, so the next job of a multirun starts its own."""
     try:
         import wandb
     except ImportError:
         return
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)

@@ -5,20 +5,23 @@ fit, test the best checkpoint, and return the metrics. ``main`` is the
 
 from __future__ import annotations
 
-import json
 import logging
+import sys
+import time
 from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.config import CONFIG_DIR, build, check_loss_sampler, load_dotenv_file, resolved_config
 from twotower.data.datamodule import RetrievalDataModule
-from twotower.loggers import build_loggers, finish_wandb
+from twotower.loggers import build_loggers, finish_wandb, log_summary, redact_secrets
 from twotower.module import RetrievalModule
 from twotower.report import format_table, write_results
+from twotower.runs import LAST_SWEEP, register_resolvers, run_labels, sweep_name, write_status
 
 log = logging.getLogger("twotower")
 
@@ -47,10 +50,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = resolved_config(cfg)
+    config = redact_secrets(resolved_config(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    # Everything that can be refused is checked before any data is loaded or file written.
+    # Everything that can be refused is checked before any file is written.
     loss = build(cfg.loss)
     model_trainable = cfg.model.optimizer is not None
     datamodule = build_datamodule(cfg, train_on=loss.trains_on if model_trainable else "positives")
@@ -88,10 +91,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             save_last=True,
         )
         callbacks.append(checkpoint)
+    labels = run_labels(cfg)
+    tags = redact_secrets([f"{k}:{v}" for k, v in labels.items()] + list(cfg.tags))
+    # A sweep's runs share a W&B group (the sweep), so the dashboard compares them side by side.
+    group = cfg.logger.wandb.group or sweep_name() or labels.get("experiment")
+    exit_code = 1
     try:
         trainer = build(
             cfg.trainer,
-            logger=build_loggers(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, config),
+            logger=build_loggers(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, config, group, tags),
             callbacks=callbacks,
             default_root_dir=str(run_dir),
         )
@@ -105,23 +113,51 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(module.test_metrics)
         write_results(metrics, run_dir)
+        log_summary(metrics)
         print(f"\nTest metrics ({data.name}, {cfg.model.name}):\n{format_table(metrics, 'test')}\nrun directory: {run_dir}")
+        exit_code = 0
         return metrics
     finally:
-        finish_wandb()
+        finish_wandb(exit_code)
+
+
+def run_task(cfg: DictConfig) -> float | None:
+    """One job as Hydra runs it: ``train`` with a ``status.json`` beside the results.
+
+    In a multirun a failing job is recorded (status, error, traceback) and the
+    sweep goes on with the next job; the sweep summary counts the failures.
+    Returns the monitored validation metric, for hyper-parameter sweepers.
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
+    started = time.time()
+    write_status(run_dir, "running", started, overrides)
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        write_status(run_dir, "failed", started, overrides, err)
+        if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+            log.exception("job failed (recorded in %s); the sweep goes on", run_dir / "status.json")
+            return None
+        raise
+    write_status(run_dir, "completed", started, overrides)
+    return metrics.get(cfg.eval.monitor)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    # Returned to Hydra sweepers (hparams_search) as the value to optimize.
-    return metrics.get(cfg.eval.monitor)
+    return run_task(cfg)
 
 
 def main() -> None:
     load_dotenv_file()
-    torch.set_float32_matmul_precision("high")
+    register_resolvers()
     _hydra_main()
+    if LAST_SWEEP["failed"]:
+        # The exit status says how many jobs of the sweep failed (capped to stay a valid status).
+        sys.exit(min(LAST_SWEEP["failed"], 100))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ def temporal_split(interactions: pd.DataFrame, val_ratio: float = 0.1, test_rati
     ``val_ratio`` / ``test_ratio`` of the interactions fall after them.
 
     Every train interaction is no later than every validation one, and every
-    validation one no later than every test one (ties at a cut-off go to the
-    earlier split). Users who only appear after a cut-off are cold users.
+    validation one no later than every test one (interactions at a cut-off
+    time go to the later split). Users who only appear after a cut-off are cold users.
     """
     _check_ratios(val_ratio, test_ratio)
     times = np.sort(interactions["timestamp"].to_numpy())

@@ -1,0 +1,249 @@
+"""``twotower-compare``: a local comparison report for the runs of one or several sweeps.
+
+Finds the run directories (``config.yaml``, ``results.json``, ``csv/metrics.csv``, ``status.json``),
+groups runs by the config values that differ between them (a "configuration"; seeds and bookkeeping
+ignored), aggregates metrics over seeds and writes a markdown table, a CSV file and two plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+DEFAULT_METRICS = ["test/recall@10", "test/recall@50", "test/ndcg@10"]
+DURATION = "duration_s"  # training time, from status.json
+IGNORED_PREFIXES = ("paths.", "hydra.", "logger.")
+IGNORED_KEYS = {"seed", "tags", "task_name", "trainer.enable_progress_bar", "trainer.enable_model_summary"}
+MISSING = "–"  # the value of a key a run's config does not have
+
+Groups = dict[tuple, list["Run"]]  # configuration (values of the varying keys) -> its runs
+
+
+@dataclass
+class Run:
+    """One run directory: its flattened config, its metrics, and an error if it did not complete."""
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def find_run_dirs(path: Path) -> list[Path]:
+    """Directories under ``path`` (itself included) with a ``config.yaml``; not ``.hydra``, nor inside runs."""
+    found = []
+    for root, dirs, files in os.walk(path):
+        if "config.yaml" in files:
+            found.append(Path(root))
+            dirs.clear()
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    return sorted(found)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one dict with dotted keys; lists (and empty mappings) stay values."""
+    if not (isinstance(tree, dict) and tree):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def load_run(path: Path) -> Run:
+    """One run directory; without ``status.json``, completed if and only if it has ``results.json``."""
+    path = Path(path)
+    run = Run(path, flatten(yaml.safe_load((path / "config.yaml").read_text()) or {}))
+    status = json.loads((path / "status.json").read_text()) if (path / "status.json").exists() else {}
+    if status.get("status", "completed") != "completed":  # "failed", or "running" (or killed)
+        run.error = ": ".join(str(x) for x in (status.get("status"), status.get("error")) if x)
+    elif not (path / "results.json").exists():
+        run.error = "no results.json (crashed or still running)"
+    else:
+        results = json.loads((path / "results.json").read_text())
+        run.metrics = {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
+    if status.get("duration_s") is not None:
+        run.metrics[DURATION] = float(status["duration_s"])
+    return run
+
+
+def format_value(key: str, value: Any) -> str:
+    """A config value as text for a cell or a legend; ``_target_`` paths by their last part."""
+    if isinstance(value, str) and key.endswith("_target_"):
+        return value.rsplit(".", 1)[-1]
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else str(value)
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """Config keys whose values differ across runs (missing counts as a value), except seeds and
+    bookkeeping (paths, loggers, tags), in order of first appearance."""
+    keys = dict.fromkeys(k for run in runs for k in run.config)
+    return [k for k in keys if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)
+            and k.rsplit(".", 1)[-1] != "seed" and len({format_value(k, r.config.get(k, MISSING)) for r in runs}) > 1]
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Keys by their last two parts (``model.net.embedding_dim`` -> ``net.embedding_dim``), more if ambiguous."""
+    names = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(min(2, len(parts)), len(parts) + 1):
+            names[key] = ".".join(parts[-n:])
+            if sum(k == names[key] or k.endswith("." + names[key]) for k in keys) == 1:
+                break
+    return names
+
+
+def group_runs(runs: list[Run], keys: list[str]) -> Groups:
+    """Runs grouped by their values of ``keys``: one group per configuration."""
+    groups: Groups = {}
+    for run in runs:
+        groups.setdefault(tuple(format_value(k, run.config.get(k, MISSING)) for k in keys), []).append(run)
+    return groups
+
+
+def summarize(groups: Groups, keys: list[str], metrics: list[str], sort: str | None = None) -> pd.DataFrame:
+    """One row per configuration: varying keys (short names), ``n``, ``<metric> mean`` and ``<metric> std``
+    (sample std, ddof=1; NaN for one run) per metric; sorted by ``sort`` (default: first metric) descending."""
+    names = short_names(keys)
+    rows = []
+    for values, runs in groups.items():
+        row: dict[str, Any] = {**dict(zip(names.values(), values)), "n": len(runs)}
+        for m in metrics:
+            values_m = [r.metrics[m] for r in runs if m in r.metrics]
+            row[f"{m} mean"] = statistics.fmean(values_m) if values_m else math.nan
+            row[f"{m} std"] = statistics.stdev(values_m) if len(values_m) > 1 else math.nan
+        rows.append(row)
+    columns = [*names.values(), "n", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))]
+    table = pd.DataFrame(rows, columns=columns)
+    by = f"{sort or metrics[0]} mean"
+    return table.sort_values(by, ascending=False, na_position="last", kind="stable", ignore_index=True)
+
+
+def _fmt(x: float) -> str:  # a number for the markdown table
+    return "" if pd.isna(x) else f"{x:.4f}" if abs(x) < 100 else f"{x:.1f}"
+
+
+def to_markdown(table: pd.DataFrame, metrics: list[str], failed: list[Run] = ()) -> str:
+    """The summary as a markdown table with ``mean ± std`` cells, then the failed runs."""
+    keys = list(table.columns[: table.columns.get_loc("n") + 1])
+    header = keys + [f"{m} mean ± std" for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        cells = [str(row[k]) for k in keys]
+        cells += [_fmt(row[f"{m} mean"]) + ("" if pd.isna(row[f"{m} std"]) else f" ± {_fmt(row[f'{m} std'])}")
+                  for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    if failed:
+        lines += ["", f"Failed or unfinished runs ({len(failed)}), not in the table:"]
+        lines += [f"- `{r.path}`: {r.error}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def plot_lines(lines: dict[str, pd.Series], path: Path, **labels: str) -> Path:
+    """A PNG, one line per legend label (series indexed by x); Agg canvas, no pyplot or global backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for name, series in lines.items():
+        ax.plot(series.index, series.values, marker="o", label=name)
+    ax.set(**labels)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small") if lines else ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path
+
+
+def recall_at_k(run: Run) -> pd.Series:
+    """A run's ``test/recall@K`` indexed by K."""
+    found = {int(m.group(1)): v for k, v in run.metrics.items() if (m := re.fullmatch(r"test/recall@(\d+)", k))}
+    return pd.Series(found, dtype=float).sort_index()
+
+
+def val_curve(run: Run, metric: str) -> pd.Series:
+    """``metric`` per epoch from a run's ``csv/metrics.csv`` (empty if it was not logged)."""
+    csv = run.path / "csv" / "metrics.csv"
+    df = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
+    if metric not in df or "epoch" not in df:
+        return pd.Series(dtype=float)
+    return df.dropna(subset=[metric]).groupby("epoch")[metric].mean()
+
+
+def mean_lines(groups: Groups, keys: list[str], per_run) -> dict[str, pd.Series]:
+    """Per configuration (labelled ``name=value, ...``), the mean over its runs of ``per_run(run)``."""
+    names, lines = short_names(keys), {}
+    for values, runs in groups.items():
+        series = [s for s in map(per_run, runs) if len(s)]
+        if series:
+            label = ", ".join(f"{names[k]}={v}" for k, v in zip(keys, values)) or "all runs"
+            lines[label] = pd.concat(series, axis=1).mean(axis=1).sort_index()
+    return lines
+
+
+def compare(paths: list[Path], out: Path, metrics: list[str] | None = None, sort: str | None = None,
+            curve_metric: str = "val/ndcg@20") -> tuple[str, list[Path]]:
+    """Write the report on the runs under ``paths`` into ``out``; return the markdown and the files written.
+    Raises FileNotFoundError (missing path, no completed run) or ValueError (``sort`` not in ``metrics``)."""
+    dirs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"path does not exist: {p}")
+        dirs += find_run_dirs(p)
+    where = ", ".join(map(str, paths))
+    if not dirs:
+        raise FileNotFoundError(f"no run (directory with a config.yaml) under {where}")
+    runs = [load_run(d) for d in dict.fromkeys(p.resolve() for p in dirs)]
+    done, failed = [r for r in runs if r.error is None], [r for r in runs if r.error is not None]
+    if not done:
+        raise FileNotFoundError(f"no completed run under {where} ({len(failed)} failed)")
+    if metrics is None:
+        metrics = DEFAULT_METRICS + ([DURATION] if any(DURATION in r.metrics for r in done) else [])
+    if sort and sort not in metrics:
+        raise ValueError(f"--sort {sort} is not one of the metrics: {', '.join(metrics)}")
+    keys = varying_keys(done)
+    unordered = group_runs(done, keys)
+    table = summarize(unordered, keys, metrics, sort)
+    groups = {v: unordered[v] for v in table.iloc[:, : len(keys)].itertuples(index=False, name=None)}
+    markdown = to_markdown(table, metrics, failed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.md").write_text(markdown)
+    table.to_csv(out / "comparison.csv", index=False)
+    recall = plot_lines(mean_lines(groups, keys, recall_at_k), out / "recall_at_k.png",
+                        xlabel="K", ylabel="test Recall@K (mean over seeds)", title="Recall@K")
+    curve = plot_lines(mean_lines(groups, keys, lambda r: val_curve(r, curve_metric)), out / "val_curve.png",
+                       xlabel="epoch", ylabel=f"{curve_metric} (mean over seeds)", title=curve_metric)
+    return markdown, [out / "comparison.md", out / "comparison.csv", recall, curve]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``twotower-compare`` command; returns the exit status (2: a missing path, no run found)."""
+    parser = argparse.ArgumentParser(prog="twotower-compare", description=__doc__.split("\n")[0].replace("``", ""))
+    parser.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories (searched recursively)")
+    parser.add_argument("--metrics", help=f"comma-separated (default: {','.join(DEFAULT_METRICS)}[,{DURATION}])")
+    parser.add_argument("--sort", help="metric to sort by, descending (default: the first metric)")
+    parser.add_argument("--curve-metric", default="val/ndcg@20", help="metric of val_curve.png (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="output directory (default: <first dir>/comparison)")
+    args = parser.parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    try:
+        markdown, written = compare(args.dirs, args.out or args.dirs[0] / "comparison", metrics,
+                                    args.sort, args.curve_metric)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"twotower-compare: error: {e}", file=sys.stderr)
+        return 2
+    print(markdown, *(f"wrote {p}" for p in written), sep="\n")
+    return 0
