@@ -114,6 +114,23 @@ def build_loggers(cfg: dict, run_dir: Path, config: dict, group: str | None = No
     return loggers
 
 
+def log_comparison_table(csv_path: Path, settings: dict, group: str) -> None:
+    """Log a sweep's comparison table as a W&B table, in a run of its own
+    (``job_type=sweep-summary``) in the sweep's group."""
+    import pandas as pd
+
+    table = pd.read_csv(csv_path)
+    run = start_wandb_run({**settings, "job_type": "sweep-summary"}, csv_path.parent, {}, group, ["sweep-summary"])
+    if run is None:
+        return
+    try:
+        import wandb
+
+        run.log({"comparison": wandb.Table(dataframe=table)})
+    finally:
+        run.finish()
+
+
 def log_summary(metrics: dict[str, float]) -> None:
     """Put the final metrics in the W&B run's summary (shown in the runs table)."""
     try:

@@ -16,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.loggers import redact_secrets
+from twotower.loggers import log_comparison_table, redact_secrets, resolve_wandb_mode
 
 log = logging.getLogger("twotower")
 
@@ -30,7 +30,7 @@ def new_run_id() -> str:
     return f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}_{secrets.token_hex(2)}"
 
 
-def safe_dirname(text: str, max_len: int = 120) -> str:
+def safe_dirname(text: str, max_len: int = 180) -> str:
     """A sweep subdirectory name from ``key=value,key=value``: path separators and
     odd characters replaced, long names cut (readable, never nested)."""
     name = re.sub(r"[^A-Za-z0-9._=,+\-]", "_", text) or "default"
@@ -88,6 +88,24 @@ class SweepSummary(Callback):
                 log.error("  %s: %s", job["dir"], job["error"])
         else:
             log.info("sweep %s: all %d jobs completed", sweep_dir, summary["jobs"])
+        if summary["jobs"] > summary["failed"]:
+            self._report(config, sweep_dir)
+
+    @staticmethod
+    def _report(config: DictConfig, sweep_dir: Path) -> None:
+        """The comparison report (``twotower-compare``) of the sweep, in
+        ``<sweep>/comparison``, and as a W&B table in the sweep's group."""
+        from twotower.compare import compare
+
+        try:
+            markdown, _ = compare([sweep_dir], sweep_dir / "comparison")
+        except (FileNotFoundError, ValueError) as err:
+            log.warning("no comparison report for %s: %s", sweep_dir, err)
+            return
+        log.info("comparison of the sweep's runs (%s):\n%s", sweep_dir / "comparison", markdown)
+        wb = OmegaConf.to_container(config.logger.wandb, resolve=True) if "logger" in config else {}
+        if wb.get("enabled") and resolve_wandb_mode(wb.get("mode", "auto")) != "disabled":
+            log_comparison_table(sweep_dir / "comparison" / "comparison.csv", wb, group=wb.get("group") or sweep_dir.name)
 
 
 def run_labels(cfg: DictConfig) -> dict[str, str]:

@@ -107,6 +107,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if model_trainable:
             trainer.fit(module, datamodule=datamodule)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+            if checkpoint.best_model_score is not None:
+                # The checkpoint that is tested; what a hyper-parameter search should optimize.
+                metrics[f"best/{cfg.eval.monitor}"] = float(checkpoint.best_model_score)
             best = checkpoint.best_model_path or None
             trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False, verbose=False)
         else:
@@ -126,7 +129,7 @@ def run_task(cfg: DictConfig) -> float | None:
 
     In a multirun a failing job is recorded (status, error, traceback) and the
     sweep goes on with the next job; the sweep summary counts the failures.
-    Returns the monitored validation metric, for hyper-parameter sweepers.
+    Returns the best value of the monitored validation metric, for hyper-parameter sweepers.
     """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -140,10 +143,10 @@ def run_task(cfg: DictConfig) -> float | None:
         write_status(run_dir, "failed", started, overrides, err)
         if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
             log.exception("job failed (recorded in %s); the sweep goes on", run_dir / "status.json")
-            return None
+            return float("nan")  # a search sweeper records the trial as failed and goes on
         raise
     write_status(run_dir, "completed", started, overrides)
-    return metrics.get(cfg.eval.monitor)
+    return metrics.get(f"best/{cfg.eval.monitor}", metrics.get(cfg.eval.monitor))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
