@@ -96,7 +96,8 @@ def bench_config(name: str, overrides: list[str], args) -> dict:
         with tempfile.TemporaryDirectory() as out_dir:
             cfg, dm, module = setup(overrides, out_dir)
             if rep == 0:
-                towers = {t: sum(p.numel() for p in getattr(module.model, t).parameters()) for t in ("user_tower", "item_tower")}
+                towers = {t: sum(p.numel() for p in getattr(module.model, t).parameters())
+                          for t in ("user_tower", "item_tower")}  # fmt: skip
                 info = {"overrides": overrides, "batch_size": dm.batch_size, "train_examples": len(dm.train_examples.user),
                         "num_users": dm.data.num_users, "num_items": dm.data.num_items,
                         "params": towers, "batch_construction": bench_batches(dm, args.repeats, limit)}  # fmt: skip
@@ -132,13 +133,15 @@ def cpu_model() -> str:
 
 
 def table(results: dict) -> str:
-    head = f"{'config':36} {'user/item params':>17} {'batches/s':>10} {'build samp/s':>13} {'train samp/s':>13} {'epoch s':>8} {'val s':>7} {'test s':>7} {'test scores/s':>14}"
+    cols = [("user/item params", 17), ("batches/s", 10), ("build samp/s", 13), ("train samp/s", 13),
+            ("epoch s", 8), ("val s", 7), ("test s", 7), ("test scores/s", 14)]  # fmt: skip
+    head = f"{'config':36} " + " ".join(f"{c:>{w}}" for c, w in cols)
     rows = [head, "-" * len(head)]
     for name, r in results.items():
         bc, p = r["batch_construction"], r["params"]
-        rows.append(f"{name:36} {p['user_tower']:>8,}/{p['item_tower']:<8,} {bc['batches_per_s']:>10.1f} {bc['samples_per_s']:>13,.0f} "
-                    f"{r['train']['samples_per_s']:>13,.0f} {r['train']['epoch_seconds']:>8.3f} {r['val']['seconds']:>7.3f} "
-                    f"{r['test']['seconds']:>7.3f} {r['test']['scores_per_s']:>14,.0f}")  # fmt: skip
+        rows.append(f"{name:36} {p['user_tower']:>8,}/{p['item_tower']:<8,} {bc['batches_per_s']:>10.1f} "
+                    f"{bc['samples_per_s']:>13,.0f} {r['train']['samples_per_s']:>13,.0f} {r['train']['epoch_seconds']:>8.3f} "
+                    f"{r['val']['seconds']:>7.3f} {r['test']['seconds']:>7.3f} {r['test']['scores_per_s']:>14,.0f}")  # fmt: skip
     return "\n".join(rows)
 
 
@@ -166,7 +169,8 @@ def main() -> None:
            "cpu_count": os.cpu_count(), "cpu": cpu_model(), "cuda": torch.cuda.is_available(), "quick": args.quick,
            "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]]}  # fmt: skip
     print(f"\nMovieLens-100K, {env['cpu']}, {env['threads']} threads, torch {env['torch']}, {env['date']}"
-          f"{' (QUICK)' if args.quick else ''}; medians of {args.repeats} repeat(s); load average before/after "
+          f"{' (QUICK)' if args.quick else ''}; batch size {sorted({r['batch_size'] for r in results.values()})}; "
+          f"medians of {args.repeats} repeat(s); load average before/after "
           f"{env['loadavg_1min_before_after']}\n{table(results)}")  # fmt: skip
     with open(args.out, "w") as f:
         json.dump({"environment": env, "results": results}, f, indent=1)

@@ -105,3 +105,12 @@ def test_console_script_prints_the_table(tmp_path):
     assert "recall@10" in out.stdout and "ndcg@10" in out.stdout
     results = list(tmp_path.glob("train/runs/*/results.json"))
     assert len(results) == 1
+
+
+def test_evaluation_does_not_depend_on_the_user_chunk_size(tmp_path, tiny_overrides):
+    """Scoring users in chunks of 7 or all at once gives the same metrics."""
+    base = tiny_overrides + ["model=popularity", "seed=0", "trainer.limit_test_batches=1.0"]
+    whole = train(compose_config(base, output_dir=tmp_path / "whole"))
+    chunked = train(compose_config(base + ["data.eval_batch_size=7"], output_dir=tmp_path / "chunked"))
+    for key in ("test/recall@10", "test/ndcg@20", "test/mrr@100", "test/coverage@50", "test/cold/precision@10"):
+        assert chunked[key] == pytest.approx(whole[key]), key

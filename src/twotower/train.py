@@ -91,6 +91,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             save_last=True,
         )
         callbacks.append(checkpoint)
+        if cfg.eval.patience is not None:
+            callbacks.append(
+                L.pytorch.callbacks.EarlyStopping(monitor=cfg.eval.monitor, mode=cfg.eval.mode, patience=cfg.eval.patience)
+            )
     labels = run_labels(cfg)
     tags = redact_secrets([f"{k}:{v}" for k, v in labels.items()] + list(cfg.tags))
     # A sweep's runs share a W&B group (the sweep), so the dashboard compares them side by side.

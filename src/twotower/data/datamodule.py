@@ -53,20 +53,27 @@ class TrainBatches(IterableDataset):
             yield dm.train_batch(order[start : start + dm.batch_size], generator)
 
 
+# At most this many (user, item) scores are held at once during evaluation (256 MB of float32).
+MAX_EVAL_SCORES = 1 << 26
+
+
 class EvalBatches(IterableDataset):
-    """Chunks of evaluation users with the items to mask and to find."""
+    """Chunks of evaluation users with the items to mask and to find. A chunk
+    holds at most ``eval_batch_size`` users and ``MAX_EVAL_SCORES`` scores, so
+    memory is bounded by the chunk, not by users x catalogue."""
 
     def __init__(self, dm: "RetrievalDataModule", split: str):
         self.dm, self.split = dm, split
+        self.chunk = max(1, min(dm.eval_batch_size, MAX_EVAL_SCORES // max(1, dm.data.num_items)))
 
     def __len__(self) -> int:
         n = len(self.dm.data.eval_sets[self.split].users)
-        return (n + self.dm.eval_batch_size - 1) // self.dm.eval_batch_size
+        return (n + self.chunk - 1) // self.chunk
 
     def __iter__(self) -> Iterator[dict]:
         es: EvalSet = self.dm.data.eval_sets[self.split]
-        for start in range(0, len(es.users), self.dm.eval_batch_size):
-            stop = min(start + self.dm.eval_batch_size, len(es.users))
+        for start in range(0, len(es.users), self.chunk):
+            stop = min(start + self.chunk, len(es.users))
             seen_rows, seen_items = _csr_slice(es.seen_ptr, es.seen_items, start, stop)
             target_rows, target_items = _csr_slice(es.target_ptr, es.target_items, start, stop)
             yield {
