@@ -22,7 +22,8 @@ DURATIONS = [10.0, 20.0, 30.0]  # per seed; mean 20, std sqrt((100 + 0 + 100) / 
 
 
 def write_run(run_dir: Path, seed: int, temperature: float, metrics: dict | None, *, emb: int = 32,
-              status: str | None = "completed", error: str | None = None, duration: float = 10.0) -> Path:
+              status: str | None = "completed", error: str | None = None, duration: float = 10.0,
+              overrides: list[str] = ()) -> Path:
     """A run directory as ``twotower-train`` leaves it (only the files the report reads)."""
     config = {
         "task_name": "train", "seed": seed, "tags": [f"s{seed}"],
@@ -46,7 +47,7 @@ def write_run(run_dir: Path, seed: int, temperature: float, metrics: dict | None
         (run_dir / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
     if status is not None:
         (run_dir / "status.json").write_text(json.dumps(
-            {"status": status, "error": error, "duration_s": duration, "overrides": [f"seed={seed}"]}))
+            {"status": status, "error": error, "duration_s": duration, "overrides": [f"seed={seed}", *overrides]}))
     return run_dir
 
 
@@ -150,3 +151,15 @@ def test_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert "no run" in capsys.readouterr().err
+
+
+def test_group_choices_from_the_overrides_name_the_configurations(tmp_path):
+    """`model=a` vs `model=b` also changes config values (here the embedding size and the
+    temperature); the table shows the choice the user made, not every value it implies."""
+    sweep = tmp_path / "sweep"
+    for job, (choice, emb, temperature, recall) in enumerate([("a", 32, 0.1, 0.2), ("b", 64, 0.2, 0.3)]):
+        write_run(sweep / str(job), 1, temperature, {R10: recall}, emb=emb, overrides=[f"model={choice}"])
+    markdown, _ = compare([sweep], tmp_path / "out", metrics=[R10])
+    header = markdown.splitlines()[0]
+    assert header.startswith("| model | n |") and "temperature" not in header and "embedding_dim" not in header
+    assert markdown.splitlines()[2].startswith("| b | 1 | 0.3000")

@@ -93,6 +93,9 @@ def build_layout(
     items = torch.cat(columns, dim=1)
     valid = ~is_positive(users, items)
     valid &= items != positives[:, None]  # the user's own positive is never its negative
+    if negatives.items_valid is not None:
+        given = negatives.items_valid if negatives.items_valid.dim() == 2 else negatives.items_valid.expand(batch, -1)
+        valid[:, valid.shape[1] - given.shape[1] :] &= given
     neg_logq = None
     if any(q is not None for q in logqs):
         neg_logq = torch.cat([torch.zeros(c.shape) if q is None else q for c, q in zip(columns, logqs)], dim=1)
@@ -100,19 +103,39 @@ def build_layout(
     return CandidateLayout(negatives.in_batch, negatives.items, valid, neg_logq, pos_logq)
 
 
+def dot_pairs(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Row-wise inner products: ``[..., D], [..., D] -> [...]`` (broadcasting)."""
+    return (users * items).sum(-1)
+
+
+def dot_matrix(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """All inner products: ``[B, D], [C, D] -> [B, C]``."""
+    return users @ items.T
+
+
 def score_candidates(
-    user_vecs: torch.Tensor, pos_vecs: torch.Tensor, extra_vecs: torch.Tensor | None, in_batch: bool
+    user_vecs: torch.Tensor,
+    pos_vecs: torch.Tensor,
+    extra_vecs: torch.Tensor | None,
+    in_batch: bool,
+    score_pairs=dot_pairs,
+    score_matrix=dot_matrix,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Similarities of each user with its positive and its negative columns.
+    """Scores of each user with its positive and its negative columns.
 
     ``user_vecs``, ``pos_vecs``: ``[B, D]``; ``extra_vecs``: ``[M, D]`` shared,
     ``[B, n, D]`` per example, or ``None``. Returns ``pos [B]`` and
-    ``neg [B, C]`` (``None`` when there are no negatives).
+    ``neg [B, C]`` (``None`` when there are no negatives). The score is the
+    inner product unless a model gives its own ``score_pairs`` / ``score_matrix``
+    (a model that cannot factorize scores every pair with a network).
     """
-    pos = (user_vecs * pos_vecs).sum(-1)
+    pos = score_pairs(user_vecs, pos_vecs)
     parts = []
     if in_batch:
-        parts.append(user_vecs @ pos_vecs.T)
+        parts.append(score_matrix(user_vecs, pos_vecs))
     if extra_vecs is not None:
-        parts.append(user_vecs @ extra_vecs.T if extra_vecs.dim() == 2 else torch.einsum("bd,bnd->bn", user_vecs, extra_vecs))
+        if extra_vecs.dim() == user_vecs.dim():  # shared by the batch
+            parts.append(score_matrix(user_vecs, extra_vecs))
+        else:  # one row of negatives per example
+            parts.append(score_pairs(user_vecs[:, None, :].expand(-1, extra_vecs.shape[1], -1), extra_vecs))
     return pos, (torch.cat(parts, dim=1) if parts else None)

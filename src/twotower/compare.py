@@ -36,6 +36,7 @@ class Run:
     config: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    overrides: dict[str, str] | None = None  # command-line overrides (status.json), None if unknown
 
 
 def find_run_dirs(path: Path) -> list[Path]:
@@ -73,7 +74,22 @@ def load_run(path: Path) -> Run:
         run.metrics = {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
     if status.get("duration_s") is not None:
         run.metrics[DURATION] = float(status["duration_s"])
+    if "overrides" in status:
+        pairs = (o.lstrip("+~").split("=", 1) for o in status["overrides"] if "=" in o)
+        run.overrides = {k: v for k, v in pairs}
     return run
+
+
+def value_of(run: Run, key: str) -> str:
+    """A run's value of ``key``: from its resolved config, else its command-line choice
+    (a config group like ``model``), else ``MISSING``."""
+    if key in run.config:
+        return format_value(key, run.config[key])
+    return (run.overrides or {}).get(key, MISSING)
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES) or key.rsplit(".", 1)[-1] == "seed"
 
 
 def format_value(key: str, value: Any) -> str:
@@ -84,11 +100,18 @@ def format_value(key: str, value: Any) -> str:
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
-    """Config keys whose values differ across runs (missing counts as a value), except seeds and
-    bookkeeping (paths, loggers, tags), in order of first appearance."""
-    keys = dict.fromkeys(k for run in runs for k in run.config)
-    return [k for k in keys if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)
-            and k.rsplit(".", 1)[-1] != "seed" and len({format_value(k, r.config.get(k, MISSING)) for r in runs}) > 1]
+    """Keys whose values differ across runs (missing counts as a value), except seeds and bookkeeping
+    (paths, loggers, tags), in order of first appearance. When every run knows its command-line
+    overrides and some overridden key varies, only those keys are used (``model=popularity``, not the
+    dozen config values that choice changes); otherwise every config key is a candidate."""
+    def varying(keys) -> list[str]:
+        return [k for k in dict.fromkeys(keys) if not _ignored(k) and len({value_of(r, k) for r in runs}) > 1]
+
+    if all(r.overrides is not None for r in runs):
+        chosen = varying(k for run in runs for k in run.overrides)
+        if chosen:
+            return chosen
+    return varying(k for run in runs for k in run.config)
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
@@ -107,7 +130,7 @@ def group_runs(runs: list[Run], keys: list[str]) -> Groups:
     """Runs grouped by their values of ``keys``: one group per configuration."""
     groups: Groups = {}
     for run in runs:
-        groups.setdefault(tuple(format_value(k, run.config.get(k, MISSING)) for k in keys), []).append(run)
+        groups.setdefault(tuple(value_of(run, k) for k in keys), []).append(run)
     return groups
 
 

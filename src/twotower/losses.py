@@ -64,6 +64,54 @@ def squared_error_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return ((pred - target) ** 2).mean()
 
 
+def all_valid(neg: torch.Tensor, neg_valid: torch.Tensor | None) -> torch.Tensor:
+    """``neg_valid``, or an all-True ``[B, C]`` mask when there is none."""
+    return torch.ones_like(neg, dtype=torch.bool) if neg_valid is None else neg_valid
+
+
+def select_negatives(neg_valid: torch.Tensor, k: int) -> torch.Tensor:
+    """At most ``k`` valid columns per row, chosen uniformly at random among the
+    valid ones (all of them when a row has ``<= k``); ``[B, C]`` bool -> ``[B, C]`` bool.
+    Random scores on the mask's device, top-``k`` over the valid columns."""
+    k = min(k, neg_valid.shape[1])
+    if k == 0:
+        return torch.zeros_like(neg_valid)
+    scores = torch.rand(neg_valid.shape, device=neg_valid.device).masked_fill(~neg_valid, -1.0)
+    chosen = torch.zeros_like(neg_valid).scatter_(1, scores.topk(k, dim=1).indices, True)
+    return chosen & neg_valid  # a row with fewer than k valid columns picked some invalid ones
+
+
+def pointwise_bce_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, neg_mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with logits, positives labelled 1, negatives 0:
+    ``(sum_b softplus(-pos_b) + sum_{b,j: mask} softplus(neg_bj)) / (B + #mask)``,
+    the mean over every (row, label) term that enters.
+    ``pos_logits``: ``[B]``; ``neg_logits``: ``[B, C]``; ``neg_mask``: ``[B, C]`` bool,
+    True for the negative columns that enter (the others contribute nothing)."""
+    pos_terms = F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits), reduction="none")
+    neg_terms = F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits), reduction="none")
+    neg_terms = torch.where(neg_mask, neg_terms, torch.zeros_like(neg_terms))
+    return (pos_terms.sum() + neg_terms.sum()) / (len(pos_logits) + neg_mask.sum())
+
+
+def masked_pair_mean(terms: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``terms`` ``[B, C]`` over the True entries of ``valid`` ``[B, C]``; 0 (with
+    zero gradients, never NaN) when there are none."""
+    terms = torch.where(valid, terms, torch.zeros_like(terms))
+    return terms.sum() / valid.sum().clamp_min(1)
+
+
+def pairwise_hinge_loss(pos: torch.Tensor, neg: torch.Tensor, neg_valid: torch.Tensor, margin: float) -> torch.Tensor:
+    """Triplet hinge ``max(0, s(a, b-) + m - s(a, b+))``, mean over the valid (row, negative)
+    pairs. ``pos``: ``[B]``; ``neg``, ``neg_valid``: ``[B, C]``; raw scores."""
+    return masked_pair_mean(F.relu(neg - pos[:, None] + margin), neg_valid)
+
+
+def pairwise_logistic_loss(pos: torch.Tensor, neg: torch.Tensor, neg_valid: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Triplet logistic ``log(1 + exp(sigma (s(a, b-) - s(a, b+))))`` (as a softplus), mean
+    over the valid (row, negative) pairs. ``pos``: ``[B]``; ``neg``, ``neg_valid``: ``[B, C]``; raw scores."""
+    return masked_pair_mean(F.softplus(sigma * (neg - pos[:, None])), neg_valid)
+
+
 @dataclass
 class ListwiseLoss:
     """Listwise training: softmax over one positive and its negatives, temperature ``tau``."""
@@ -78,6 +126,61 @@ class ListwiseLoss:
 
     def __call__(self, batch: ScoredBatch) -> torch.Tensor:
         return listwise_softmax_loss(*corrected_logits(batch, self.temperature))
+
+
+@dataclass
+class PointwiseLoss:
+    """Pointwise training: binary cross-entropy on ``s / tau - log q``, each positive
+    with at most ``negatives_per_positive`` of its valid negatives, drawn at random."""
+
+    temperature: float = 0.2
+    negatives_per_positive: int = 3
+    needs_negatives = True
+    trains_on = "positives"
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"loss.temperature={self.temperature}: expected > 0")
+        k = self.negatives_per_positive
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"loss.negatives_per_positive={k}: expected an integer >= 1")
+
+    def __call__(self, batch: ScoredBatch) -> torch.Tensor:
+        pos, neg = corrected_logits(batch, self.temperature)
+        chosen = select_negatives(all_valid(neg, batch.neg_valid), self.negatives_per_positive)
+        return pointwise_bce_loss(pos, neg, chosen)
+
+
+@dataclass
+class PairwiseHingeLoss:
+    """Pairwise training on triplets: hinge with margin ``m`` on raw scores."""
+
+    margin: float = 0.5
+    needs_negatives = True
+    trains_on = "positives"
+
+    def __post_init__(self) -> None:
+        if not self.margin >= 0:
+            raise ValueError(f"loss.margin={self.margin}: expected >= 0")
+
+    def __call__(self, batch: ScoredBatch) -> torch.Tensor:
+        return pairwise_hinge_loss(batch.pos, batch.neg, all_valid(batch.neg, batch.neg_valid), self.margin)
+
+
+@dataclass
+class PairwiseLogisticLoss:
+    """Pairwise training on triplets: logistic loss with slope ``sigma`` on raw scores."""
+
+    sigma: float = 5.0
+    needs_negatives = True
+    trains_on = "positives"
+
+    def __post_init__(self) -> None:
+        if not self.sigma > 0:
+            raise ValueError(f"loss.sigma={self.sigma}: expected > 0")
+
+    def __call__(self, batch: ScoredBatch) -> torch.Tensor:
+        return pairwise_logistic_loss(batch.pos, batch.neg, all_valid(batch.neg, batch.neg_valid), self.sigma)
 
 
 @dataclass

@@ -16,7 +16,8 @@ from twotower.metrics import RankingAccumulator, rank_and_match
 
 
 class RetrievalModule(L.LightningModule):
-    """``model``: has ``encode_users``/``encode_items`` (and ``trainable``);
+    """``model``: has ``encode_users``/``encode_items`` (representations of a
+    batch of users / items) and ``score_pairs``/``score_matrix`` (their scores);
     ``loss``: a callable on :class:`ScoredBatch`; ``optimizer``: a partial
     taking the parameters; ``ks``: cut-offs for the ranking metrics."""
 
@@ -53,7 +54,9 @@ class RetrievalModule(L.LightningModule):
             extra = self.model.encode_items(batch["extra"])
             if batch["extra_per_example"]:
                 extra = extra.view(len(users), -1, extra.shape[-1])
-        pos, neg = score_candidates(users, positives, extra, batch["in_batch"])
+        pos, neg = score_candidates(
+            users, positives, extra, batch["in_batch"], self.model.score_pairs, self.model.score_matrix
+        )
         scored = ScoredBatch(
             pos=pos,
             neg=neg,
@@ -84,7 +87,7 @@ class RetrievalModule(L.LightningModule):
         self._accumulator = RankingAccumulator(self.ks, self.item_counts.cpu())
 
     def _eval_step(self, batch: dict) -> None:
-        scores = self.model.encode_users(batch["user"]) @ self._item_vectors.T  # [U, N]
+        scores = self.model.score_matrix(self.model.encode_users(batch["user"]), self._item_vectors)  # [U, N]
         topk, hits, num_targets = rank_and_match(
             scores, batch["seen_rows"], batch["seen_items"], batch["target_rows"], batch["target_items"], max(self.ks)
         )

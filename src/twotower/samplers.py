@@ -31,6 +31,20 @@ class Negatives:
     in_batch: bool = False
     items_logq: torch.Tensor | None = None
     positives_logq: torch.Tensor | None = None
+    items_valid: torch.Tensor | None = None  # like ``items``; False where a row had no negative to give
+
+
+@dataclass
+class TrainingStats:
+    """What a sampler may know of the training split: positives per item
+    ``[N]`` and, for samplers that need them, every training interaction
+    (``users``, ``items``, ``ratings``: ``[E]``, ratings NaN where unknown)."""
+
+    item_counts: torch.Tensor
+    users: torch.Tensor | None = None
+    items: torch.Tensor | None = None
+    ratings: torch.Tensor | None = None
+    num_users: int = 0
 
 
 def batch_probabilities(item_counts: torch.Tensor) -> torch.Tensor:
@@ -123,21 +137,94 @@ class CorpusSampler:
         return Negatives(items=items, items_logq=self.log_q[items] if self.logq_correction else None)
 
 
-def uniform_sampler(item_counts: torch.Tensor, num_negatives: int, shared: bool = False, logq_correction: bool = False) -> CorpusSampler:
+class MixedSampler:
+    """Mixed negative sampling (Yang et al., WWW 2020): the batch's other
+    positives plus ``num_negatives`` corpus items shared by the batch, drawn
+    with probability proportional to ``count ** alpha`` (``alpha=0``: uniform).
+
+    Each candidate is corrected with the log of its *expected number of
+    occurrences* under the source it came from: ``log(B * p_i)`` for an
+    in-batch candidate (``p`` from training counts, ``B`` the batch size) and
+    ``log(M * q_i)`` for a sampled one. The factors ``B`` and ``M`` cancel in a
+    softmax over one source alone, but put two sources on one scale.
+    """
+
+    provides_negatives = True
+
+    def __init__(self, item_counts: torch.Tensor, num_negatives: int, alpha: float = 0.0, logq_correction: bool = True):
+        self.in_batch = InBatchSampler(item_counts, logq_correction)
+        self.corpus = CorpusSampler(item_counts.float() ** alpha if alpha else torch.ones_like(item_counts, dtype=torch.float), num_negatives, shared=True)
+        self.logq_correction = logq_correction
+
+    def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
+        items = self.corpus.draw(self.corpus.num_negatives, generator)
+        if not self.logq_correction:
+            return Negatives(items=items, in_batch=True)
+        batch = float(len(positives))
+        return Negatives(
+            items=items,
+            in_batch=True,
+            positives_logq=self.in_batch.log_p[positives] + torch.log(torch.tensor(batch)),
+            items_logq=self.corpus.log_q[items] + torch.log(torch.tensor(float(len(items)))),
+        )
+
+
+class ExposedUnclickedSampler:
+    """Per-example negatives drawn from the items the same user was exposed to
+    but did not like (training interactions rated ``<= max_rating``; in
+    MovieLens a low rating is the closest proxy for "shown, not clicked").
+    Such items suit ranking, not retrieval; this sampler lets one measure it.
+    A user without any gets masked columns (no negative) in that row."""
+
+    provides_negatives = True
+
+    def __init__(self, stats: TrainingStats, num_negatives: int, max_rating: float = 2.0):
+        if num_negatives < 1:
+            raise ValueError(f"num_negatives={num_negatives}: expected >= 1")
+        if stats.ratings is None or bool(torch.isnan(stats.ratings).all()):
+            raise ValueError("sampler exposed_unclicked needs ratings in the training data (low ratings are the negatives)")
+        low = stats.ratings <= max_rating
+        users, items = stats.users[low], stats.items[low]
+        order = torch.argsort(users, stable=True)
+        self.items = items[order]
+        counts = torch.bincount(users, minlength=stats.num_users)
+        self.ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        self.num_negatives = num_negatives
+        self.max_rating = max_rating
+
+    def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
+        start, count = self.ptr[users], self.ptr[users + 1] - self.ptr[users]
+        u = torch.rand(len(users), self.num_negatives, generator=generator)
+        offset = (u * count[:, None]).long().clamp_max((count - 1).clamp_min(0)[:, None])
+        has_any = (count > 0)[:, None].expand(-1, self.num_negatives)
+        index = (start[:, None] + offset).clamp_max(max(len(self.items) - 1, 0))
+        items = self.items[index] if len(self.items) else torch.zeros_like(index)
+        return Negatives(items=items, items_valid=has_any.clone())
+
+
+def uniform_sampler(stats: TrainingStats, num_negatives: int, shared: bool = False, logq_correction: bool = False) -> CorpusSampler:
     """Every catalogue item equally likely."""
-    return CorpusSampler(torch.ones_like(item_counts, dtype=torch.float), num_negatives, shared, logq_correction)
+    return CorpusSampler(torch.ones_like(stats.item_counts, dtype=torch.float), num_negatives, shared, logq_correction)
 
 
 def popularity_sampler(
-    item_counts: torch.Tensor, num_negatives: int, alpha: float = 0.75, shared: bool = False, logq_correction: bool = False
+    stats: TrainingStats, num_negatives: int, alpha: float = 0.75, shared: bool = False, logq_correction: bool = False
 ) -> CorpusSampler:
     """Item ``i`` with probability proportional to ``count_i ** alpha``."""
-    return CorpusSampler(item_counts.float() ** alpha, num_negatives, shared, logq_correction)
+    return CorpusSampler(stats.item_counts.float() ** alpha, num_negatives, shared, logq_correction)
 
 
-def in_batch_sampler(item_counts: torch.Tensor, logq_correction: bool = True) -> InBatchSampler:
-    return InBatchSampler(item_counts, logq_correction)
+def in_batch_sampler(stats: TrainingStats, logq_correction: bool = True) -> InBatchSampler:
+    return InBatchSampler(stats.item_counts, logq_correction)
 
 
-def no_negatives(item_counts: torch.Tensor) -> NoNegatives:
+def mixed_sampler(stats: TrainingStats, num_negatives: int, alpha: float = 0.0, logq_correction: bool = True) -> MixedSampler:
+    return MixedSampler(stats.item_counts, num_negatives, alpha, logq_correction)
+
+
+def exposed_unclicked_sampler(stats: TrainingStats, num_negatives: int, max_rating: float = 2.0) -> ExposedUnclickedSampler:
+    return ExposedUnclickedSampler(stats, num_negatives, max_rating)
+
+
+def no_negatives(stats: TrainingStats) -> NoNegatives:
     return NoNegatives()

@@ -16,6 +16,7 @@ from twotower.candidates import build_layout
 from twotower.data.features import parse_feature_specs
 from twotower.data.prepare import EvalSet, PreparedData, SplitArrays, prepare
 from twotower.data.schema import InteractionData
+from twotower.samplers import TrainingStats
 
 
 def gather(features: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -88,7 +89,7 @@ class EvalBatches(IterableDataset):
 
 class RetrievalDataModule(L.LightningDataModule):
     """``source``: a callable returning an :class:`InteractionData` (a loader
-    from ``conf/data/*.yaml``). ``sampler``: a callable ``(item_counts) ->
+    from ``conf/data/*.yaml``). ``sampler``: a callable ``(TrainingStats) ->
     sampler`` (from ``conf/sampler/*.yaml``). ``train_on``: ``"positives"``
     (clicks) or ``"ratings"`` (every rated interaction, for ``mse``)."""
 
@@ -135,8 +136,18 @@ class RetrievalDataModule(L.LightningDataModule):
             split.pop("kind", "temporal"),
             **split,
         )
-        self.sampler = self.sampler_factory(item_counts=self.data.item_counts)
         train = self.data.splits["train"]
+        self.sampler = self.sampler_factory(
+            TrainingStats(self.data.item_counts, train.user, train.item, train.rating, self.data.num_users)
+        )
+        # A sampler that takes low ratings as negatives cannot work when those ratings are positives.
+        max_rating = getattr(self.sampler, "max_rating", None)
+        if max_rating is not None and (self.positive_threshold is None or self.positive_threshold <= max_rating):
+            raise ValueError(
+                f"sampler exposed_unclicked takes ratings <= {max_rating} as negatives, but "
+                f"data.positive_threshold={self.positive_threshold} makes them positives; "
+                f"set data.positive_threshold above {max_rating} (e.g. 4)"
+            )
         if self.train_on == "ratings":
             rated = ~torch.isnan(train.rating)
             self.train_examples = SplitArrays(train.user[rated], train.item[rated], train.rating[rated], train.positive[rated])

@@ -6,10 +6,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from twotower.candidates import dot_matrix, dot_pairs
 from twotower.models.tower import Tower
 
 
-class TwoTowerModel(nn.Module):
+class InnerProductScorer:
+    """The score of a factorizing model: ``<user_vec, item_vec>``, so item vectors
+    can be computed once and put into a nearest-neighbour index."""
+
+    factorizes = True
+
+    @staticmethod
+    def score_pairs(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[..., D], [..., D] -> [...]``."""
+        return dot_pairs(users, items)
+
+    @staticmethod
+    def score_matrix(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[B, D], [N, D] -> [B, N]``."""
+        return dot_matrix(users, items)
+
+
+class TwoTowerModel(InnerProductScorer, nn.Module):
     """A user tower and an item tower; the score is ``<user_vec, item_vec>``,
     which is the cosine similarity when the towers normalize their outputs.
 
@@ -43,7 +61,7 @@ class TwoTowerModel(nn.Module):
         return self.item_tower(features)
 
 
-class PopularityModel(nn.Module):
+class PopularityModel(InnerProductScorer, nn.Module):
     """Non-learned baseline: every user gets the most-clicked training items.
 
     Written as a one-dimensional two-tower model (user vector 1, item vector
