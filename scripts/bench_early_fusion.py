@@ -22,8 +22,7 @@ early fusion; see ``EarlyFusionModel.score_matrix``).
 A point is skipped when the time extrapolated linearly from the previous size
 exceeds ``--budget`` seconds (default 60). Times are the best of several
 runs (see ``time_ranking``; the minimum, since other jobs on a shared machine
-only add time). Prints a table
-and writes the figures as JSON to ``--out``.
+only add time). Prints a table and writes the figures as JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -99,8 +98,11 @@ def main() -> None:
     parser.add_argument("--embedding-dim", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=60.0, help="skip a point estimated to take longer (s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="bench-early-fusion.json")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     rows, last = [], {"two_tower": None, "early_fusion": None}  # (N, seconds) of the last measured point
