@@ -51,7 +51,7 @@ class RetrievalModule(L.LightningModule):
         positives = self.model.encode_items(batch["pos"])
         extra = None
         if "extra" in batch:
-            extra = self.model.encode_items(batch["extra"])
+            extra = self.model.encode_items(batch["extra"]).index_select(0, batch["extra_inverse"])
             if batch["extra_per_example"]:
                 extra = extra.view(len(users), -1, extra.shape[-1])
         pos, neg = score_candidates(

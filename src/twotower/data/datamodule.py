@@ -21,7 +21,9 @@ from twotower.samplers import TrainingStats
 
 def gather(features: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rows ``index`` of every feature tensor, plus the dense ``index`` itself."""
-    out = {name: t[index] for name, t in features.items()}
+    # index_select, not t[index]: advanced indexing of a 2-D tensor is 2-3x slower, and far
+    # slower on a busy machine (see docs/BENCHMARKS.md).
+    out = {name: t.index_select(0, index) for name, t in features.items()}
     out["index"] = index
     return out
 
@@ -168,7 +170,11 @@ class RetrievalDataModule(L.LightningDataModule):
             "in_batch": layout.in_batch,
         }
         if layout.extra_items is not None:
-            batch["extra"] = gather(data.item_features, layout.extra_items.reshape(-1))
+            # Each distinct negative goes through the item tower once (B x n draws from a small
+            # catalogue repeat a lot); the model maps the vectors back with extra_inverse.
+            unique, inverse = torch.unique(layout.extra_items.reshape(-1), return_inverse=True)
+            batch["extra"] = gather(data.item_features, unique)
+            batch["extra_inverse"] = inverse
             batch["extra_per_example"] = layout.extra_items.dim() == 2
         for key in ("valid", "neg_logq", "pos_logq"):
             value = getattr(layout, key)
