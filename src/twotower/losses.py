@@ -116,7 +116,7 @@ def pairwise_logistic_loss(pos: torch.Tensor, neg: torch.Tensor, neg_valid: torc
 class ListwiseLoss:
     """Listwise training: softmax over one positive and its negatives, temperature ``tau``."""
 
-    temperature: float = 0.05
+    temperature: float = 0.2
     needs_negatives = True
     trains_on = "positives"
 

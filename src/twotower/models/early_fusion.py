@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from twotower.models.tower import Tower
+from twotower.models.tower import Tower, select_features
 
 DEFAULT_MAX_PAIRS = 1 << 22
 
@@ -46,13 +46,11 @@ class EarlyFusionModel(nn.Module):
         max_pairs: int = DEFAULT_MAX_PAIRS,
     ):
         super().__init__()
-        if feature_set not in ("all", "ids"):
-            raise ValueError(f"model.feature_set={feature_set!r}: expected 'all' or 'ids'")
         if max_pairs < 1:
             raise ValueError(f"model.max_pairs={max_pairs}: expected a positive integer")
-        pick = (lambda fs: fs) if feature_set == "all" else (lambda fs: [f for f in fs if f["kind"] == "id"])
-        self.user_tower = Tower(pick(fitted["user"]), embedding_dim, [], 0.0, normalize=False)
-        self.item_tower = Tower(pick(fitted["item"]), embedding_dim, [], 0.0, normalize=False)
+        fitted = select_features(fitted, feature_set)
+        self.user_tower = Tower(fitted["user"], embedding_dim, [], 0.0, normalize=False)
+        self.item_tower = Tower(fitted["item"], embedding_dim, [], 0.0, normalize=False)
         self.user_dim = self.user_tower.output_dim
         self.item_dim = self.item_tower.output_dim
         self.max_pairs = int(max_pairs)

@@ -12,6 +12,18 @@ from torch import nn
 from twotower.data.features import BUCKET_SUFFIX
 
 
+FEATURE_SETS = ("all", "ids")
+
+
+def select_features(fitted: dict[str, list[dict]], feature_set: str) -> dict[str, list[dict]]:
+    """Both towers' fitted features, all of them or (``"ids"``) only the ID features."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"model.feature_set={feature_set!r}: expected one of {list(FEATURE_SETS)}")
+    if feature_set == "all":
+        return fitted
+    return {side: [f for f in features if f["kind"] == "id"] for side, features in fitted.items()}
+
+
 class Tower(nn.Module):
     """Features ``{name: tensor [B] or [B, L]}`` -> vectors ``[B, output_dim]``.
 

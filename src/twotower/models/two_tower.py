@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from twotower.candidates import dot_matrix, dot_pairs
-from twotower.models.tower import Tower
+from twotower.models.tower import Tower, select_features
 
 
 class InnerProductScorer:
@@ -46,11 +46,9 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
         feature_set: str = "all",
     ):
         super().__init__()
-        if feature_set not in ("all", "ids"):
-            raise ValueError(f"model.feature_set={feature_set!r}: expected 'all' or 'ids'")
-        pick = (lambda fs: fs) if feature_set == "all" else (lambda fs: [f for f in fs if f["kind"] == "id"])
-        self.user_tower = Tower(pick(fitted["user"]), embedding_dim, mlp, dropout, normalize)
-        self.item_tower = Tower(pick(fitted["item"]), embedding_dim, mlp, dropout, normalize)
+        fitted = select_features(fitted, feature_set)
+        self.user_tower = Tower(fitted["user"], embedding_dim, mlp, dropout, normalize)
+        self.item_tower = Tower(fitted["item"], embedding_dim, mlp, dropout, normalize)
 
     def encode_users(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, D]`` user vectors."""
