@@ -23,10 +23,10 @@ def test_pair_trains_one_step_or_is_refused(loss_name, sampler, tmp_path):
     dm = build_datamodule(cfg, train_on=loss.trains_on)
     dm.setup("fit")
     if loss.needs_negatives != dm.sampler.provides_negatives:
-        with pytest.raises(ConfigError, match="sampler="):
-            check_loss_sampler(loss, dm.sampler, cfg)
+        with pytest.raises(ConfigError, match=f"loss={loss_name} with sampler={sampler}: .* use sampler="):
+            check_loss_sampler(loss, dm.sampler, {"loss": loss_name, "sampler": sampler})
         return
-    check_loss_sampler(loss, dm.sampler, cfg)
+    check_loss_sampler(loss, dm.sampler)
     model = build(cfg.model.net)(dm.data)
     module = RetrievalModule(model, loss, build(cfg.model.optimizer), [10], dm.data.item_counts)
     batch = next(iter(dm.train_dataloader()))

@@ -27,18 +27,16 @@ def build(node: DictConfig, **kwargs):
         raise ConfigError(f"could not build {target}: {cause}") from err
 
 
-def check_loss_sampler(loss, sampler, cfg: DictConfig | None = None) -> None:
-    """Refuse a loss/sampler pair that cannot work, naming both and the way out."""
-    loss_name = type(loss).__name__
-    sampler_name = type(sampler).__name__
+def check_loss_sampler(loss, sampler, names: dict[str, str] | None = None) -> None:
+    """Refuse a loss/sampler pair that cannot work, naming both and the way out.
+    ``names``: the config choices (``{"loss": "mse", "sampler": "in_batch"}``) for the message."""
+    names = names or {}
+    pair = f"loss={names.get('loss', type(loss).__name__)} with sampler={names.get('sampler', type(sampler).__name__)}"
     if loss.needs_negatives and not sampler.provides_negatives:
-        raise ConfigError(
-            f"loss {loss_name} needs negatives but sampler {sampler_name} provides none; "
-            "use sampler=in_batch, uniform or popularity"
-        )
+        raise ConfigError(f"{pair}: the loss needs negatives and the sampler provides none; use sampler=in_batch, uniform, popularity or mixed")
     if not loss.needs_negatives and sampler.provides_negatives:
         raise ConfigError(
-            f"loss {loss_name} regresses observed ratings and would ignore the negatives of {sampler_name}; "
+            f"{pair}: the loss regresses observed ratings and would ignore the negatives; "
             "use sampler=none (model=matrix_completion selects it)"
         )
 

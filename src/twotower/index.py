@@ -464,10 +464,10 @@ def recall_against(approx_positions: Any, exact_positions: Any) -> float:
     k = exact.shape[1]
     if len(exact) == 0 or k == 0:
         return float("nan")
-    hits = torch.zeros(len(exact))
+    hits = torch.zeros(len(exact), dtype=torch.float64)
     for start in range(0, len(exact), 1024):  # bounds the [rows, k, k] comparison
         a, e = approx[start : start + 1024], exact[start : start + 1024]
-        hits[start : start + 1024] = ((a[:, :, None] == e[:, None, :]) & (a[:, :, None] >= 0)).any(dim=2).sum(dim=1).float()
+        hits[start : start + 1024] = ((a[:, :, None] == e[:, None, :]) & (a[:, :, None] >= 0)).any(dim=2).sum(dim=1).double()
     return float((hits / k).mean())
 
 

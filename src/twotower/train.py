@@ -58,8 +58,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model_trainable = cfg.model.optimizer is not None
     datamodule = build_datamodule(cfg, train_on=loss.trains_on if model_trainable else "positives")
     datamodule.setup("fit")
+    labels = run_labels(cfg)
     if model_trainable:
-        check_loss_sampler(loss, datamodule.sampler, cfg)
+        check_loss_sampler(loss, datamodule.sampler, labels)
 
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
     datamodule.save_artifacts(run_dir)
@@ -95,7 +96,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             callbacks.append(
                 L.pytorch.callbacks.EarlyStopping(monitor=cfg.eval.monitor, mode=cfg.eval.mode, patience=cfg.eval.patience)
             )
-    labels = run_labels(cfg)
     tags = redact_secrets([f"{k}:{v}" for k, v in labels.items()] + list(cfg.tags))
     # A sweep's runs share a W&B group (the sweep), so the dashboard compares them side by side.
     group = cfg.logger.wandb.group or sweep_name() or labels.get("experiment")
