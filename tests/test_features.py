@@ -214,3 +214,36 @@ def test_valid_specs_parse():
     )
     assert specs[1].transforms == ("normalize", "bucketize") and specs[1].num_buckets == 5
     assert specs[2].hash_buckets == 100
+
+
+def test_history_feature_is_built_from_training_positives_and_hides_the_target():
+    """The user's history holds their most recent training positives only, and a training
+    batch masks the item being predicted out of it."""
+    import torch
+
+    from twotower.config import compose_config
+    from twotower.train import build_datamodule
+
+    cfg = compose_config(["experiment=history", "seed=0"])
+    dm = build_datamodule(cfg, "positives")
+    dm.setup()
+    data = dm.data
+    (fitted,) = [f for f in data.fitted["user"] if f["kind"] == "history"]
+    assert fitted["max_len"] == 50
+    history = data.user_features["history"]  # [num_users, 50] codes into fitted["vocab"]
+    vocab = fitted["vocab"]
+    train = data.splits["train"].positives()
+    test = data.splits["test"]
+    u = int(train.user[0])
+    items_of_u = {str(data.item_ids[i]) for i in train.item[train.user == u].tolist()}
+    held_out = {str(data.item_ids[i]) for i in test.item[test.user == u].tolist()}
+    in_history = {vocab[c - 1] for c in history[u].tolist() if c > 0}
+    assert in_history and in_history <= items_of_u and not (in_history & held_out)
+    assert len(in_history) == min(50, len(items_of_u))
+
+    batch = dm.train_batch(torch.arange(64), torch.Generator().manual_seed(0))
+    target_codes = dm.history_codes["history"][batch["pos"]["index"]]
+    assert not (batch["user"]["history"] == target_codes[:, None]).any()
+    # ...while the same users' stored histories do contain most of those targets.
+    stored = data.user_features["history"][batch["user"]["index"]]
+    assert (stored == target_codes[:, None]).any(1).float().mean() > 0.3

@@ -138,7 +138,8 @@ def resolve_config(config: Mapping[str, Any] | str | None) -> tuple[str, dict[st
         raise ValueError(f"unknown index kind {kind!r}; expected one of {sorted(KINDS)}")
     unknown = sorted(set(config) - set(KINDS[kind]))
     if unknown:
-        raise ValueError(f"index kind {kind!r}: unknown parameter(s) {unknown}; expected some of {sorted(KINDS[kind]) or 'none'}")
+        expected = f"expected some of {sorted(KINDS[kind])}" if KINDS[kind] else "this kind takes no parameters"
+        raise ValueError(f"index kind {kind!r}: unknown parameter(s) {unknown}; {expected}")
     params = {**KINDS[kind], **config}
     params = {k: _positive_int(kind, k, v) for k, v in params.items()}
     if kind == "hnsw" and params["M"] < 2:
@@ -234,7 +235,8 @@ class ItemIndex:
         allowed = SEARCH_PARAMS.get(self.kind, ())
         unknown = sorted(set(params) - set(allowed))
         if unknown:
-            raise ValueError(f"index kind {self.kind!r}: {unknown} cannot be set at search time; expected some of {list(allowed) or 'none'}")
+            expected = f"expected some of {list(allowed)}" if allowed else "this kind has no search-time parameters"
+            raise ValueError(f"index kind {self.kind!r}: {unknown} cannot be set at search time; {expected}")
         for k, v in params.items():
             self.params[k] = _positive_int(self.kind, k, v)
         self._apply_search_params()

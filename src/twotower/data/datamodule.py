@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -150,6 +151,13 @@ class RetrievalDataModule(L.LightningDataModule):
                 f"data.positive_threshold={self.positive_threshold} makes them positives; "
                 f"set data.positive_threshold above {max_rating} (e.g. 4)"
             )
+        # For each history feature, each catalogue item's code in that feature's vocabulary,
+        # so a batch can mask the item being predicted out of the user's history.
+        self.history_codes = {
+            f["name"]: torch.as_tensor(pd.Index(f["vocab"]).get_indexer(self.data.item_ids.astype(str)) + 1)
+            for f in self.data.fitted["user"]
+            if f["kind"] == "history"
+        }
         if self.train_on == "ratings":
             rated = ~torch.isnan(train.rating)
             self.train_examples = SplitArrays(train.user[rated], train.item[rated], train.rating[rated], train.positive[rated])
@@ -163,8 +171,12 @@ class RetrievalDataModule(L.LightningDataModule):
         users, items = ex.user[rows], ex.item[rows]
         negatives = self.sampler.sample(users, items, generator)
         layout = build_layout(users, items, negatives, data.is_train_positive)
+        user = gather(data.user_features, users)
+        for name, codes in self.history_codes.items():
+            # The positive is in its user's training history: hide it, or the tower learns a lookup.
+            user[name] = user[name].masked_fill(user[name] == codes[items][:, None], 0)
         batch = {
-            "user": gather(data.user_features, users),
+            "user": user,
             "pos": gather(data.item_features, items),
             "rating": ex.rating[rows],
             "in_batch": layout.in_batch,

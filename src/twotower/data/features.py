@@ -4,6 +4,10 @@ A tower's features are declared as a list of specs (see ``conf/data/*.yaml``):
   - ``id``: the entity's own id, one embedding row per id seen in training;
   - ``categorical``: a vocabulary of the training values, or ``hash_buckets: N``;
   - ``multi_categorical``: ``|``-joined values, mean-pooled by the tower;
+  - ``history`` (user tower only): the user's training positives, most recent
+    ``max_len`` of them, mean-pooled like a multi-valued feature; built from
+    the training split by ``prepare``, and the item being predicted is masked
+    out of it in every training batch (else the model learns to look it up);
   - ``continuous``: ``transforms: [normalize]`` (z-score, optionally after
     ``log1p``) and/or ``[bucketize]`` (quantile boundaries, a row per bucket).
 Row 0 of every vocabulary and bucket table is the *unknown* row: values unseen
@@ -24,7 +28,8 @@ import torch
 
 from twotower.data.schema import MULTI_VALUE_SEPARATOR, DataError
 
-FEATURE_KINDS = ("id", "categorical", "multi_categorical", "continuous")
+FEATURE_KINDS = ("id", "categorical", "multi_categorical", "history", "continuous")
+POOLED_KINDS = ("multi_categorical", "history")
 CONTINUOUS_TRANSFORMS = ("normalize", "bucketize")
 BUCKET_SUFFIX = "__bucket"
 
@@ -37,6 +42,7 @@ class FeatureSpec:
     log1p: bool = False
     num_buckets: int = 10
     hash_buckets: int | None = None
+    max_len: int | None = None  # multi-valued kinds: keep at most this many values
 
     @classmethod
     def from_config(cls, raw: dict, tower: str) -> "FeatureSpec":
@@ -62,6 +68,10 @@ class FeatureSpec:
                 raise DataError(f"{where}: num_buckets={self.num_buckets}, expected >= 2")
         if self.hash_buckets is not None and (self.kind != "categorical" or self.hash_buckets < 1):
             raise DataError(f"{where}: hash_buckets applies to categorical features and must be >= 1")
+        if self.max_len is not None and (self.kind not in POOLED_KINDS or self.max_len < 1):
+            raise DataError(f"{where}: max_len applies to {list(POOLED_KINDS)} features and must be >= 1")
+        if self.kind == "history" and tower != "user":
+            raise DataError(f"{where}: kind 'history' (the user's past items) belongs to the user tower")
 
 
 def parse_feature_specs(raw_specs: list[dict], tower: str, id_name: str) -> list[FeatureSpec]:
@@ -101,9 +111,12 @@ def fit_feature(spec: FeatureSpec, values: pd.Series) -> dict:
         else:
             vocab = sorted(set(_as_str(values).dropna()))
             fitted.update(vocab=vocab, cardinality=len(vocab) + 1)
-    elif spec.kind == "multi_categorical":
-        vocab = sorted({v for row in _split_multi(values) for v in row})
-        max_len = max((len(row) for row in _split_multi(values)), default=1)
+    elif spec.kind in POOLED_KINDS:
+        rows = _split_multi(values)
+        vocab = sorted({v for row in rows for v in row})
+        max_len = max((len(row) for row in rows), default=1)
+        if spec.max_len is not None:
+            max_len = min(max_len, spec.max_len)
         fitted.update(vocab=vocab, cardinality=len(vocab) + 1, max_len=max(1, max_len))
     else:
         x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
@@ -137,7 +150,7 @@ def encode_feature(fitted: dict, values: pd.Series) -> dict[str, torch.Tensor]:
         else:
             codes = pd.Index(fitted["vocab"]).get_indexer(_as_str(values)) + 1  # -1 (unseen) -> 0
         return {name: torch.as_tensor(codes, dtype=torch.long)}
-    if kind == "multi_categorical":
+    if kind in POOLED_KINDS:
         index = pd.Index(fitted["vocab"])
         rows = _split_multi(values)
         out = np.zeros((len(rows), fitted["max_len"]), dtype=np.int64)
@@ -165,6 +178,8 @@ def feature_columns(table: pd.DataFrame | None, ids: pd.Index, specs: list[Featu
     for spec in specs:
         if spec.kind == "id":
             frame[spec.name] = ids.to_numpy()
+        elif spec.kind == "history":
+            continue  # built from the training split by prepare()
         elif table is None or spec.name not in table.columns:
             found = [] if table is None else list(table.columns)
             raise DataError(f"feature {spec.name!r} is declared but the {id_name[:-3]} table has no such column (found {found})")

@@ -15,7 +15,7 @@ import torch
 
 from twotower.candidates import PositiveLookup
 from twotower.data.features import FeatureSpec, feature_columns, fit_and_encode
-from twotower.data.schema import SPLIT_NAMES, DataError, InteractionData
+from twotower.data.schema import MULTI_VALUE_SEPARATOR, SPLIT_NAMES, DataError, InteractionData
 from twotower.data.splits import split_interactions
 
 
@@ -97,6 +97,17 @@ def positive_mask(ratings: np.ndarray, threshold: float | None, name: str) -> np
     return ratings >= threshold
 
 
+def training_histories(train: pd.DataFrame, positive: np.ndarray, max_len: int | None) -> pd.Series:
+    """Each user's training positives, oldest first, the last ``max_len`` of them,
+    ``|``-joined (a multi-valued feature). ``train``: the training interactions;
+    ``positive``: bool ``[n]`` aligned with them. Indexed by user id."""
+    pos = train.loc[positive, ["user_id", "item_id", "timestamp"]].sort_values("timestamp", kind="stable")
+    if max_len is not None:
+        pos = pos.groupby("user_id", sort=False).tail(max_len)
+    items = pos["item_id"].astype(str)
+    return items.groupby(pos["user_id"], sort=False).agg(MULTI_VALUE_SEPARATOR.join)
+
+
 def prepare(
     data: InteractionData,
     user_specs: list[FeatureSpec],
@@ -141,6 +152,9 @@ def prepare(
     train_user_rows = np.unique(train.user.numpy())
     train_item_rows = np.unique(train.item.numpy())
     user_frame = feature_columns(data.users, user_ids, user_specs, "user_id")
+    for spec in user_specs:
+        if spec.kind == "history":
+            user_frame[spec.name] = training_histories(parts["train"], splits["train"].positive.numpy(), spec.max_len).reindex(user_ids).to_numpy()
     item_frame = feature_columns(data.items, item_ids, item_specs, "item_id")
     user_fitted, user_features = fit_and_encode(user_specs, user_frame, train_user_rows)
     item_fitted, item_features = fit_and_encode(item_specs, item_frame, train_item_rows)

@@ -51,7 +51,7 @@ class Tower(nn.Module):
             name, kind = f["name"], f["kind"]
             if kind in ("id", "categorical"):
                 self.embeddings[name] = nn.Embedding(f["cardinality"], embedding_dim)
-            elif kind == "multi_categorical":
+            elif kind in ("multi_categorical", "history"):
                 # Row 0 pads and marks unknown values; it is left out of the mean.
                 self.bags[name] = nn.EmbeddingBag(f["cardinality"], embedding_dim, mode="mean", padding_idx=0)
             else:
