@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -24,6 +25,11 @@ from twotower.report import format_table, write_results
 from twotower.runs import LAST_SWEEP, register_resolvers, run_labels, sweep_name, write_status
 
 log = logging.getLogger("twotower")
+
+# Two warnings Lightning raises on every run that say nothing about the user's run: a torch 2.13
+# deprecation inside Lightning, and a note about worker processes (batches are built in-process).
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
 def build_datamodule(cfg: DictConfig, train_on: str) -> RetrievalDataModule:
