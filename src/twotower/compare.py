@@ -147,7 +147,7 @@ def summarize(groups: Groups, keys: list[str], metrics: list[str], sort: str | N
             row[f"{m} std"] = statistics.stdev(values_m) if len(values_m) > 1 else math.nan
         rows.append(row)
     columns = [*names.values(), "n", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))]
-    table = pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns).astype({"n": int})  # all-numeric rows would make n a float
     by = f"{sort or metrics[0]} mean"
     return table.sort_values(by, ascending=False, na_position="last", kind="stable", ignore_index=True)
 
@@ -162,7 +162,7 @@ def to_markdown(table: pd.DataFrame, metrics: list[str], failed: list[Run] = ())
     header = keys + [f"{m} mean ± std" for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
-        cells = [str(row[k]) for k in keys]
+        cells = [str(int(row[k])) if k == "n" else str(row[k]) for k in keys]  # iterrows makes numbers floats
         cells += [_fmt(row[f"{m} mean"]) + ("" if pd.isna(row[f"{m} std"]) else f" ± {_fmt(row[f'{m} std'])}")
                   for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
