@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from twotower.config import CONFIG_DIR, compose_config, load_dotenv_file
 from twotower.runs import new_run_id, register_resolvers, safe_dirname
 from twotower.train import train
-from wandb_records import read_records
+from wandb_records import read_finished_run
 
 
 def test_run_ids_never_collide_within_a_second():
@@ -87,7 +87,7 @@ def test_wandb_offline_run_holds_config_and_summary_and_no_secret(tmp_path, monk
     metrics = train(compose_config(overrides, output_dir=run_dir))
 
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    records = read_records(run_file)
+    records = read_finished_run(run_file)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     assert config["seed"] == 42 and config["model"]["name"] == "two_tower"

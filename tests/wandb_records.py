@@ -4,6 +4,7 @@ log: a 7-byte header, then 32 KiB blocks of records (crc32 4 bytes, length 2,
 type 1: full / first / middle / last), each a ``wandb_internal_pb2.Record``."""
 
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -22,6 +23,8 @@ def read_records(path: Path) -> list:
             pos += left
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if pos + HEADER + length > len(data):  # the writer has not flushed this record yet
+            break
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == 1:
@@ -35,3 +38,14 @@ def read_records(path: Path) -> list:
         else:  # zero padding at the end of the file
             break
     return [wandb_internal_pb2.Record.FromString(r) for r in records]
+
+
+def read_finished_run(path: Path, timeout: float = 20.0) -> list:
+    """The records of a run file once its ``exit`` record is on disk: W&B's service
+    process may still be flushing the file when ``wandb.finish()`` returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
