@@ -1,0 +1,291 @@
+"""Export a trained run for serving, retrieve from an export, re-evaluate a checkpoint.
+
+Console scripts:
+
+- ``twotower-export RUN [--out DIR] [--index exact|hnsw|ivfpq] [--ckpt best|last]``:
+  item vectors + an :class:`ItemIndex`, the user tower (weights and constructor
+  arguments), the encoded user features, and the index's quality against exact search.
+- ``twotower-retrieve EXPORT --user ID [--user ID ...] [-k 10]``: top-k items for
+  known users, from the exported files only (no config, no checkpoint).
+- ``twotower-evaluate RUN [--ckpt best|last]``: the test metrics of a checkpoint,
+  compared with the run's ``results.json``.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from twotower.index import ItemIndex, ann_quality
+from twotower.models import Tower, TwoTowerModel, require_factorized
+from twotower.models.tower import select_features
+
+INDEX_DIR = "index"
+EXPORT_FILES = ("item_vectors.npy", "item_ids.json", "user_tower.pt", "user_tower.json",
+                "user_features.pt", "user_ids.json", "features.json", "ann_quality.json")  # fmt: skip
+TOWER_ARGS = {"embedding_dim": 32, "mlp": [128, 64], "dropout": 0.0, "normalize": True}  # TwoTowerModel defaults
+ENCODE_CHUNK = 65536
+
+
+def checkpoint_path(path: str | os.PathLike, which: str = "best") -> Path:
+    """A run directory (``<run>/checkpoints/<which>.ckpt``) or a checkpoint file -> the file."""
+    path = Path(path)
+    ckpt = path / "checkpoints" / f"{which}.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt} (a model that is not trained, e.g. popularity, has none)")
+    return ckpt
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def load_run(path: str | os.PathLike, which: str = "best"):
+    """Rebuild ``(ckpt_path, cfg, datamodule, model, checkpoint dict)`` from a checkpoint.
+
+    The data is prepared again from the saved config (deterministic for a config
+    and seed) and must fit the same features as the checkpoint's ``twotower_features``."""
+    import lightning as L
+
+    from twotower.config import build
+    from twotower.train import build_datamodule
+
+    ckpt_path = checkpoint_path(path, which)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if "twotower_config" not in ckpt or "twotower_features" not in ckpt:
+        raise ValueError(f"{ckpt_path} is not a twotower checkpoint (no twotower_config / twotower_features)")
+    cfg = OmegaConf.create(ckpt["twotower_config"])
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    trainable = cfg.model.optimizer is not None
+    dm = build_datamodule(cfg, train_on=build(cfg.loss).trains_on if trainable else "positives")
+    dm.setup("fit")
+    if json.loads(json.dumps(dm.data.fitted)) != json.loads(json.dumps(ckpt["twotower_features"])):
+        raise ValueError(f"{ckpt_path}: the data prepared from the saved config fits other features than the checkpoint's; has the data changed?")
+    model = build(cfg.model.net)(dm.data)
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return ckpt_path, cfg, dm, model.eval(), ckpt
+
+
+@torch.no_grad()
+def encode(tower: torch.nn.Module, features: dict[str, torch.Tensor], count: int) -> torch.Tensor:
+    """``{name: [count, ...]}`` -> ``[count, D]`` float32 vectors, in chunks."""
+    chunks = [tower({k: v[s : s + ENCODE_CHUNK] for k, v in features.items()}) for s in range(0, count, ENCODE_CHUNK)]
+    return torch.cat(chunks).float()
+
+
+def tower_spec(cfg: DictConfig, fitted: dict) -> dict:
+    """The user tower's constructor arguments and fitted user features (``user_tower.json``)."""
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    args = {k: net.get(k, default) for k, default in TOWER_ARGS.items()}
+    return {"args": args, "fitted": select_features(fitted, net.get("feature_set", "all"))["user"]}
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1))
+
+
+def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index: str = "exact",
+           which: str = "best", index_params: dict | None = None, seed: int = 0, overwrite: bool = False) -> Path:  # fmt: skip
+    """Write a run's serving files into ``out`` (default ``<run>/export``), atomically."""
+    ckpt_path, cfg, dm, model, ckpt = load_run(path, which)
+    require_factorized(model, "export")
+    if not isinstance(model, TwoTowerModel):
+        raise ValueError(f"{type(model).__name__}: only a two-tower model has a user tower to export")
+    data = dm.data
+    target = Path(out) if out is not None else run_dir_of(ckpt_path) / "export"
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+    items = encode(model.item_tower, data.item_features, data.num_items).numpy()  # [N, D]
+    users = encode(model.user_tower, data.user_features, data.num_users).numpy()  # [U, D]
+    item_ids, user_ids = data.item_ids.tolist(), data.user_ids.tolist()
+    item_index = ItemIndex(items, item_ids, {"kind": index, **(index_params or {})})
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        np.save(tmp / "item_vectors.npy", items.astype(np.float32))
+        _write_json(tmp / "item_ids.json", item_ids)
+        if data.item_titles is not None:
+            _write_json(tmp / "item_titles.json", data.item_titles)
+        item_index.save(tmp / INDEX_DIR, source={"checkpoint": str(ckpt_path.resolve()), "model": cfg.model.name})
+        spec = tower_spec(cfg, ckpt["twotower_features"])
+        Tower(spec["fitted"], **spec["args"]).load_state_dict(model.user_tower.state_dict())  # the spec rebuilds it
+        torch.save({k: v.detach().clone() for k, v in model.user_tower.state_dict().items()}, tmp / "user_tower.pt")
+        _write_json(tmp / "user_tower.json", spec)
+        torch.save({k: v.clone() for k, v in data.user_features.items()}, tmp / "user_features.pt")
+        _write_json(tmp / "user_ids.json", user_ids)
+        _write_json(tmp / "features.json", ckpt["twotower_features"])
+        rng = np.random.default_rng(seed)
+        sample = rng.choice(len(users), size=min(1000, len(users)), replace=False)
+        quality = ann_quality(item_index, items, users[np.sort(sample)], min(100, len(items)))
+        _write_json(tmp / "ann_quality.json", {"index": item_index.config, **quality})
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def check_export(export_dir: str | os.PathLike) -> Path:
+    """The export folder, if every exported file is there; else ``FileNotFoundError`` naming them."""
+    folder = Path(export_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"export folder {folder} does not exist")
+    missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]
+    missing += [f"{INDEX_DIR}/"] if not (folder / INDEX_DIR).is_dir() else []
+    if missing:
+        raise FileNotFoundError(f"export {folder} is incomplete: missing {', '.join(missing)}")
+    return folder
+
+
+def load_user_tower(export_dir: str | os.PathLike) -> Tower:
+    """The exported user tower (eval mode), from ``user_tower.json`` and ``user_tower.pt`` only."""
+    folder = Path(export_dir)
+    spec = json.loads((folder / "user_tower.json").read_text())
+    tower = Tower(spec["fitted"], **spec["args"])
+    tower.load_state_dict(torch.load(folder / "user_tower.pt", map_location="cpu", weights_only=True))
+    return tower.eval()
+
+
+def retrieve(export_dir: str | os.PathLike, users: list[str], k: int = 10) -> list[list[dict]]:
+    """Top-``k`` items (``rank, id, title, score``) for each known raw user id (as a string)."""
+    folder = check_export(export_dir)
+    user_ids = json.loads((folder / "user_ids.json").read_text())
+    position = {str(u): i for i, u in enumerate(user_ids)}
+    unknown = [u for u in users if str(u) not in position]
+    if unknown:
+        raise KeyError(f"unknown user id(s) {unknown}; known ids include {[str(u) for u in user_ids[:5]]} ({len(user_ids)} users)")
+    titles_file = folder / "item_titles.json"
+    ids = json.loads((folder / "item_ids.json").read_text())
+    titles = dict(zip(map(str, ids), json.loads(titles_file.read_text()))) if titles_file.is_file() else {}
+    features = torch.load(folder / "user_features.pt", map_location="cpu", weights_only=True)
+    rows = torch.as_tensor([position[str(u)] for u in users], dtype=torch.long)
+    vectors = encode(load_user_tower(folder), {n: t.index_select(0, rows) for n, t in features.items()}, len(rows))
+    scores, found, _ = ItemIndex.load(folder / INDEX_DIR).search(vectors.numpy(), k)
+    return [
+        [{"rank": r + 1, "id": i.item() if hasattr(i, "item") else i, "title": titles.get(str(i), ""), "score": float(s)}
+         for r, (i, s) in enumerate(zip(found[q], scores[q]))]
+        for q in range(len(users))
+    ]  # fmt: skip
+
+
+def evaluate(path: str | os.PathLike, which: str = "best") -> tuple[dict[str, float], dict[str, float]]:
+    """``(metrics, results.json)``: the checkpoint's test metrics, recomputed, and the run's saved ones."""
+    import lightning as L
+
+    from twotower.config import build
+    from twotower.module import RetrievalModule
+
+    ckpt_path, cfg, dm, model, ckpt = load_run(path, which)
+    trainable = cfg.model.optimizer is not None
+    module = RetrievalModule(
+        model=model,
+        loss=build(cfg.loss) if trainable else None,
+        optimizer=build(cfg.model.optimizer) if trainable else None,
+        ks=list(cfg.eval.ks),
+        item_counts=dm.data.item_counts,
+        config=ckpt["twotower_config"],
+        fitted_features=ckpt["twotower_features"],
+    )
+    # The run's own test-batch limit (e.g. debug=fast's), so the same users are evaluated.
+    limit = cfg.trainer.get("limit_test_batches", None)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+                        enable_model_summary=False, **({"limit_test_batches": limit} if limit is not None else {}))  # fmt: skip
+    trainer.test(module, datamodule=dm, verbose=False)
+    results_file = run_dir_of(ckpt_path) / "results.json"
+    saved = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    return dict(module.test_metrics), {k: v for k, v in saved.items() if k.startswith("test/")}
+
+
+# ----------------------------------------------------------------------------- console scripts
+
+
+def _fail(prog: str, err: Exception) -> int:
+    print(f"{prog}: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+    return 2
+
+
+def _param(text: str) -> tuple[str, int]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE (e.g. nlist=64)")
+    return key, int(value)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="twotower-export", description="Export a trained run for retrieval.")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--out", help="export directory (default <run>/export)")
+    p.add_argument("--index", default="exact", choices=["exact", "hnsw", "ivfpq"])
+    p.add_argument("--param", action="append", type=_param, default=[], help="index parameter KEY=VALUE (repeatable)")
+    p.add_argument("--ckpt", default="best", choices=["best", "last"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    args = p.parse_args(argv)
+    try:
+        out = export(args.run, args.out, args.index, args.ckpt, dict(args.param), overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        return _fail(p.prog, err)
+    quality = json.loads((out / "ann_quality.json").read_text())
+    print(f"exported to {out}: {args.index} index, recall@{quality['k']}={quality['recall@k']:.4f}, qps={quality['qps']:.0f}")
+    return 0
+
+
+def retrieve_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="twotower-retrieve", description="Top-k items for known users from an export.")
+    p.add_argument("export_dir")
+    p.add_argument("--user", action="append", required=True, help="raw user id (repeatable)")
+    p.add_argument("-k", type=int, default=10)
+    args = p.parse_args(argv)
+    try:
+        results = retrieve(args.export_dir, args.user, args.k)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        return _fail(p.prog, err)
+    for user, rows in zip(args.user, results):
+        print(f"user {user}:")
+        for row in rows:
+            print(f"  {row['rank']:>3}  {row['id']!s:>8}  {row['score']:+.4f}  {row['title']}")
+    return 0
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="twotower-evaluate", description="Re-evaluate a checkpoint against results.json.")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--ckpt", default="best", choices=["best", "last"])
+    args = p.parse_args(argv)
+    from twotower.report import format_table
+
+    try:
+        metrics, saved = evaluate(args.run, args.ckpt)
+    except (ValueError, FileNotFoundError) as err:
+        return _fail(p.prog, err)
+    print(format_table(metrics, "test"))
+    if not saved:
+        print("no test metrics in results.json to compare with")
+        return 1
+    diffs = {k: abs(metrics[k] - v) if k in metrics else float("inf") for k, v in saved.items()}
+    worst = max(diffs, key=diffs.get)
+    print(f"largest absolute difference from results.json: {diffs[worst]:.3g} ({worst}; {len(diffs)} metrics)")
+    return 0 if diffs[worst] <= 1e-6 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(export_main())

@@ -1,0 +1,116 @@
+"""Export, retrieve and evaluate a tiny trained run; every file under tmp_path."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from twotower.config import compose_config
+from twotower.export import evaluate_main, export_main, load_run, load_user_tower, retrieve_main
+from twotower.index import ItemIndex
+from twotower.train import train
+
+TINY = [
+    "debug=fast",
+    "logger.wandb.mode=disabled",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "trainer.limit_test_batches=1.0",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    train(compose_config(TINY, output_dir=out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def export_dir(run_dir):
+    assert export_main([str(run_dir)]) == 0
+    return run_dir / "export"
+
+
+def test_export_writes_every_file(export_dir):
+    for name in ("item_vectors.npy", "item_ids.json", "item_titles.json", "user_tower.pt", "user_tower.json",
+                 "user_features.pt", "user_ids.json", "features.json", "ann_quality.json", "index/manifest.json"):  # fmt: skip
+        assert (export_dir / name).is_file(), name
+    vectors = np.load(export_dir / "item_vectors.npy")
+    assert vectors.dtype == np.float32 and vectors.shape[0] == len(json.loads((export_dir / "item_ids.json").read_text()))
+    quality = json.loads((export_dir / "ann_quality.json").read_text())
+    assert quality["recall@k"] == 1.0 and quality["k"] == min(100, len(vectors)) and quality["qps"] > 0
+    manifest = json.loads((export_dir / "index" / "manifest.json").read_text())
+    assert manifest["source"]["model"] == "two_tower" and manifest["source"]["checkpoint"].endswith("best.ckpt")
+    assert not [p for p in export_dir.parent.iterdir() if p.name.startswith(".export.tmp")]
+
+
+def test_exported_user_tower_matches_training_model(run_dir, export_dir):
+    _, _, dm, model, _ = load_run(run_dir)
+    tower = load_user_tower(export_dir)
+    features = torch.load(export_dir / "user_features.pt", weights_only=True)
+    rows = torch.arange(0, dm.data.num_users, 7)
+    with torch.no_grad():
+        expected = model.user_tower({k: v[rows] for k, v in dm.data.user_features.items()})
+        got = tower({k: v[rows] for k, v in features.items()})
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert json.loads((export_dir / "user_ids.json").read_text()) == dm.data.user_ids.tolist()
+
+
+def test_exact_index_equals_brute_force(export_dir):
+    tower = load_user_tower(export_dir)
+    features = torch.load(export_dir / "user_features.pt", weights_only=True)
+    with torch.no_grad():
+        users = tower({k: v[:50] for k, v in features.items()}).numpy()
+    items = np.load(export_dir / "item_vectors.npy")
+    index = ItemIndex.load(export_dir / "index")
+    scores, _, positions = index.search(users, 10)
+    brute = torch.topk(torch.from_numpy(users @ items.T), 10, dim=1)
+    np.testing.assert_allclose(scores, brute.values.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(positions, brute.indices.numpy())
+
+
+def test_evaluate_reproduces_results(run_dir, capsys):
+    assert evaluate_main([str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "recall@10" in out and "largest absolute difference from results.json: 0 " in out
+
+
+def test_retrieve_prints_k_lines_per_user(export_dir, capsys):
+    users = [str(u) for u in json.loads((export_dir / "user_ids.json").read_text())[:2]]
+    assert retrieve_main([str(export_dir), "--user", users[0], "--user", users[1], "-k", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"user {users[0]}:" and lines[6] == f"user {users[1]}:"
+    ranked = [line for line in lines if not line.startswith("user ")]
+    assert len(ranked) == 10 and ranked[0].split()[0] == "1" and ranked[4].split()[0] == "5"
+
+
+def test_retrieve_refuses_unknown_user(export_dir, capsys):
+    assert retrieve_main([str(export_dir), "--user", "no-such-user"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown user id" in err and "no-such-user" in err and "known ids include" in err
+
+
+def test_incomplete_export_is_refused(export_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(export_dir, broken)
+    (broken / "user_features.pt").unlink()
+    users = json.loads((broken / "user_ids.json").read_text())
+    assert retrieve_main([str(broken), "--user", str(users[0])]) == 2
+    assert "user_features.pt" in capsys.readouterr().err
+
+
+def test_existing_export_is_not_replaced_without_overwrite(run_dir, export_dir, capsys):
+    assert export_main([str(run_dir)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_early_fusion_export_is_refused(tmp_path, capsys):
+    run = tmp_path / "ef"
+    train(compose_config(TINY + ["model=early_fusion"], output_dir=run))
+    assert export_main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "EarlyFusionModel" in err and "does not factorize" in err
+    assert not (run / "export").exists()
