@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from twotower.fsutil import swap_in
 from twotower.index import ItemIndex, ann_quality
 from twotower.models import Tower, TwoTowerModel, require_factorized
 from twotower.models.tower import select_features
@@ -132,13 +133,7 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
         sample = rng.choice(len(users), size=min(1000, len(users)), replace=False)
         quality = ann_quality(item_index, items, users[np.sort(sample)], min(100, len(items)))
         _write_json(tmp / "ann_quality.json", {"index": item_index.config, **quality})
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
+        swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -43,6 +43,8 @@ import faiss
 import numpy as np
 import torch
 
+from twotower.fsutil import swap_in
+
 FORMAT = "twotower-item-index"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -336,13 +338,7 @@ class ItemIndex:
             _write_text(tmp / MANIFEST_FILE, manifest_text)  # last: its presence marks a complete folder
             _fsync(tmp / INDEX_FILE)
             _fsync(tmp)
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{tag}"
-                os.rename(target, old)
-                os.rename(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, target)
+            swap_in(tmp, target)
             _fsync(target.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
