@@ -211,3 +211,37 @@ def test_scores_and_layout_columns_line_up():
     for b in range(4):
         for j in range(columns.shape[1]):
             assert neg[b, j].item() == pytest.approx(torch.dot(user_vecs[b], item_table[columns[b, j]]).item())
+
+
+def test_keep_hardest_keeps_each_rows_top_k_valid_negatives():
+    from twotower.candidates import keep_hardest
+
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.7], [0.2, 0.8, 0.3, 0.1]])
+    valid = torch.tensor([[False, True, True, True], [True, True, False, False]])
+    kept = keep_hardest(scores, valid, 2)
+    # row 0: valid scores 0.1, 0.5, 0.7 -> keep columns 2 and 3 (0.9 is not a valid negative)
+    # row 1: only two valid (0.2, 0.8) -> both kept, the invalid ones stay out
+    assert kept.tolist() == [[False, False, True, True], [True, True, False, False]]
+    assert keep_hardest(scores, valid, 10).equal(valid)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_online_hard_mining_reaches_the_loss(tmp_path):
+    """With sampler.online_hardest=k each training row scores against at most k negatives."""
+    from twotower.config import build, compose_config
+    from twotower.module import RetrievalModule
+    from twotower.train import build_datamodule
+
+    cfg = compose_config(["sampler.online_hardest=3", "data.batch_size=32"], output_dir=tmp_path)
+    dm = build_datamodule(cfg, "positives")
+    dm.setup()
+    seen = {}
+
+    def capture(batch):
+        seen["valid"] = batch.neg_valid
+        return batch.pos.sum() * 0
+
+    module = RetrievalModule(build(cfg.model.net)(dm.data), capture, None, [10], dm.data.item_counts)
+    module.training_step(next(iter(dm.train_dataloader())), 0)
+    per_row = seen["valid"].sum(1)
+    assert per_row.max() == 3 and per_row.min() >= 1

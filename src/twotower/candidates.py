@@ -103,6 +103,19 @@ def build_layout(
     return CandidateLayout(negatives.in_batch, negatives.items, valid, neg_logq, pos_logq)
 
 
+def keep_hardest(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Online hard-negative mining: of each row's valid negatives keep the ``k``
+    highest-scoring ones. ``scores``, ``valid``: ``[B, C]`` -> ``valid`` ``[B, C]``
+    with at most ``k`` True per row (fewer where a row has fewer valid ones)."""
+    if k >= scores.shape[1]:
+        return valid
+    ranked = scores.detach().masked_fill(~valid, float("-inf"))
+    top = ranked.topk(k, dim=1).indices
+    keep = torch.zeros_like(valid)
+    keep.scatter_(1, top, True)
+    return keep & valid
+
+
 def dot_pairs(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """Row-wise inner products: ``[..., D], [..., D] -> [...]`` (broadcasting)."""
     return (users * items).sum(-1)

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from twotower.candidates import score_candidates
+from twotower.candidates import keep_hardest, score_candidates
 from twotower.losses import ScoredBatch
 from twotower.metrics import RankingAccumulator, rank_and_match
 
@@ -57,10 +57,13 @@ class RetrievalModule(L.LightningModule):
         pos, neg = score_candidates(
             users, positives, extra, batch["in_batch"], self.model.score_pairs, self.model.score_matrix
         )
+        valid = batch.get("valid")
+        if "hardest" in batch and neg is not None:  # online hard-negative mining
+            valid = keep_hardest(neg, valid if valid is not None else torch.ones_like(neg, dtype=torch.bool), batch["hardest"])
         scored = ScoredBatch(
             pos=pos,
             neg=neg,
-            neg_valid=batch.get("valid"),
+            neg_valid=valid,
             pos_logq=batch.get("pos_logq"),
             neg_logq=batch.get("neg_logq"),
             rating=batch["rating"],

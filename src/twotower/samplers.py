@@ -32,6 +32,7 @@ class Negatives:
     items_logq: torch.Tensor | None = None
     positives_logq: torch.Tensor | None = None
     items_valid: torch.Tensor | None = None  # like ``items``; False where a row had no negative to give
+    hardest: int | None = None  # online mining: keep only each row's hardest valid negatives
 
 
 @dataclass
@@ -92,13 +93,16 @@ class InBatchSampler:
 
     provides_negatives = True
 
-    def __init__(self, item_counts: torch.Tensor, logq_correction: bool = True):
+    def __init__(self, item_counts: torch.Tensor, logq_correction: bool = True, online_hardest: int | None = None):
+        if online_hardest is not None and online_hardest < 1:
+            raise ValueError(f"sampler.online_hardest={online_hardest}: expected null or >= 1")
         self.logq_correction = logq_correction
+        self.online_hardest = online_hardest
         self.log_p = torch.log(batch_probabilities(item_counts).clamp_min(1e-12))
 
     def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
         logq = self.log_p[positives] if self.logq_correction else None
-        return Negatives(in_batch=True, positives_logq=logq)
+        return Negatives(in_batch=True, positives_logq=logq, hardest=self.online_hardest)
 
 
 class CorpusSampler:
@@ -214,8 +218,10 @@ def popularity_sampler(
     return CorpusSampler(stats.item_counts.float() ** alpha, num_negatives, shared, logq_correction)
 
 
-def in_batch_sampler(stats: TrainingStats, logq_correction: bool = True) -> InBatchSampler:
-    return InBatchSampler(stats.item_counts, logq_correction)
+def in_batch_sampler(stats: TrainingStats, logq_correction: bool = True, online_hardest: int | None = None) -> InBatchSampler:
+    """In-batch negatives; ``online_hardest=k`` keeps only each user's ``k``
+    highest-scoring in-batch negatives (online hard-negative mining)."""
+    return InBatchSampler(stats.item_counts, logq_correction, online_hardest)
 
 
 def mixed_sampler(stats: TrainingStats, num_negatives: int, alpha: float = 0.0, logq_correction: bool = True) -> MixedSampler:

@@ -188,6 +188,8 @@ class RetrievalDataModule(L.LightningDataModule):
             batch["extra"] = gather(data.item_features, unique)
             batch["extra_inverse"] = inverse
             batch["extra_per_example"] = layout.extra_items.dim() == 2
+        if negatives.hardest is not None:
+            batch["hardest"] = negatives.hardest
         for key in ("valid", "neg_logq", "pos_logq"):
             value = getattr(layout, key)
             if value is not None:
