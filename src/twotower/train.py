@@ -102,6 +102,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             callbacks.append(
                 L.pytorch.callbacks.EarlyStopping(monitor=cfg.eval.monitor, mode=cfg.eval.mode, patience=cfg.eval.patience)
             )
+        # A sampler that mines negatives with the model (sampler=hard) runs as a callback.
+        callbacks += getattr(datamodule.sampler, "callbacks", lambda: [])()
     tags = redact_secrets([f"{k}:{v}" for k, v in labels.items()] + list(cfg.tags))
     # A sweep's runs share a W&B group (the sweep), so the dashboard compares them side by side.
     group = cfg.logger.wandb.group or sweep_name() or labels.get("experiment")
