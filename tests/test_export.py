@@ -114,3 +114,26 @@ def test_early_fusion_export_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "EarlyFusionModel" in err and "does not factorize" in err
     assert not (run / "export").exists()
+
+
+def test_new_user_is_encoded_from_raw_features_like_a_known_user_without_id(export_dir):
+    """A new user with user 1's raw features gets user 1's encoding with the unknown ID row."""
+    from twotower.export import encode_new_users
+
+    features = torch.load(export_dir / "user_features.pt", weights_only=True)
+    user_ids = json.loads((export_dir / "user_ids.json").read_text())
+    row = [str(u) for u in user_ids].index("1")
+    # MovieLens-100K user 1: 24 years old, M, technician, zip 85711
+    new = encode_new_users(export_dir, [{"age": "24", "gender": "M", "occupation": "technician", "zip_prefix": "85"}])
+    known = {name: t[row : row + 1].clone() for name, t in features.items()}
+    known["user_id"][:] = 0  # the unknown row: a new user has no ID embedding of its own
+    for name in known:
+        assert torch.equal(new[name], known[name]), name
+    with pytest.raises(ValueError, match="height"):
+        encode_new_users(export_dir, [{"height": "180"}])
+
+
+def test_retrieve_serves_a_new_user(export_dir, capsys):
+    assert retrieve_main([str(export_dir), "--new-user", "age=30,gender=F", "-k", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("user (new:") and len(lines) == 5

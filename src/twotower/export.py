@@ -24,9 +24,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from twotower.data.features import encode_feature
 from twotower.fsutil import swap_in
 from twotower.index import ItemIndex, ann_quality
 from twotower.models import Tower, TwoTowerModel, require_factorized
@@ -161,8 +163,29 @@ def load_user_tower(export_dir: str | os.PathLike) -> Tower:
     return tower.eval()
 
 
-def retrieve(export_dir: str | os.PathLike, users: list[str], k: int = 10) -> list[list[dict]]:
-    """Top-``k`` items (``rank, id, title, score``) for each known raw user id (as a string)."""
+def encode_new_users(export_dir: str | os.PathLike, raw_users: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+    """Encode users unseen in training from their raw features, with the exported fitted
+    transforms: ``[{"age": "25", "gender": "M", ...}]`` -> ``{name: [U, ...]}``. Their ID
+    maps to the unknown row; a feature left out counts as missing (unknown row, or the mean)."""
+    spec = json.loads((Path(export_dir) / "user_tower.json").read_text())
+    names = [f["name"] for f in spec["fitted"] if f["kind"] != "id"]
+    for raw in raw_users:
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            raise ValueError(f"new user features {unknown} are not features of this model; expected some of {names}")
+    table = pd.DataFrame([{n: raw.get(n) for n in names} for raw in raw_users], columns=names)
+    features: dict[str, torch.Tensor] = {}
+    for fitted in spec["fitted"]:
+        values = pd.Series([None] * len(raw_users), dtype=object) if fitted["kind"] == "id" else table[fitted["name"]]
+        features.update(encode_feature(fitted, values))
+    return features
+
+
+def retrieve(
+    export_dir: str | os.PathLike, users: list[str], k: int = 10, new_users: list[dict[str, str]] = ()
+) -> list[list[dict]]:
+    """Top-``k`` items (``rank, id, title, score``) for each known raw user id (as a string),
+    then for each new user given by raw features (see :func:`encode_new_users`)."""
     folder = check_export(export_dir)
     user_ids = json.loads((folder / "user_ids.json").read_text())
     position = {str(u): i for i, u in enumerate(user_ids)}
@@ -172,14 +195,21 @@ def retrieve(export_dir: str | os.PathLike, users: list[str], k: int = 10) -> li
     titles_file = folder / "item_titles.json"
     ids = json.loads((folder / "item_ids.json").read_text())
     titles = dict(zip(map(str, ids), json.loads(titles_file.read_text()))) if titles_file.is_file() else {}
-    features = torch.load(folder / "user_features.pt", map_location="cpu", weights_only=True)
-    rows = torch.as_tensor([position[str(u)] for u in users], dtype=torch.long)
-    vectors = encode(load_user_tower(folder), {n: t.index_select(0, rows) for n, t in features.items()}, len(rows))
-    scores, found, _ = ItemIndex.load(folder / INDEX_DIR).search(vectors.numpy(), k)
+    tower = load_user_tower(folder)
+    vectors = []
+    if users:
+        features = torch.load(folder / "user_features.pt", map_location="cpu", weights_only=True)
+        rows = torch.as_tensor([position[str(u)] for u in users], dtype=torch.long)
+        vectors.append(encode(tower, {n: t.index_select(0, rows) for n, t in features.items()}, len(rows)))
+    if new_users:
+        vectors.append(encode(tower, encode_new_users(folder, list(new_users)), len(new_users)))
+    with torch.no_grad():
+        queries = torch.cat(vectors).detach()
+    scores, found, _ = ItemIndex.load(folder / INDEX_DIR).search(queries.numpy(), k)
     return [
         [{"rank": r + 1, "id": i.item() if hasattr(i, "item") else i, "title": titles.get(str(i), ""), "score": float(s)}
          for r, (i, s) in enumerate(zip(found[q], scores[q]))]
-        for q in range(len(users))
+        for q in range(len(queries))
     ]  # fmt: skip
 
 
@@ -247,14 +277,21 @@ def export_main(argv: list[str] | None = None) -> int:
 def retrieve_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="twotower-retrieve", description="Top-k items for known users from an export.")
     p.add_argument("export_dir")
-    p.add_argument("--user", action="append", required=True, help="raw user id (repeatable)")
+    p.add_argument("--user", action="append", default=[], help="raw user id (repeatable)")
+    p.add_argument(
+        "--new-user", action="append", default=[], metavar="NAME=VALUE,...",
+        help="a user unseen in training, by raw features, e.g. age=25,gender=F,occupation=student (repeatable)",
+    )  # fmt: skip
     p.add_argument("-k", type=int, default=10)
     args = p.parse_args(argv)
+    if not args.user and not args.new_user:
+        p.error("give at least one --user or --new-user")
     try:
-        results = retrieve(args.export_dir, args.user, args.k)
+        new_users = [dict(pair.split("=", 1) for pair in spec.split(",") if pair) for spec in args.new_user]
+        results = retrieve(args.export_dir, args.user, args.k, new_users)
     except (KeyError, ValueError, FileNotFoundError) as err:
         return _fail(p.prog, err)
-    for user, rows in zip(args.user, results):
+    for user, rows in zip([*args.user, *(f"(new: {s})" for s in args.new_user)], results):
         print(f"user {user}:")
         for row in rows:
             print(f"  {row['rank']:>3}  {row['id']!s:>8}  {row['score']:+.4f}  {row['title']}")
