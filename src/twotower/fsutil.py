@@ -1,7 +1,8 @@
-"""Writing folders so that a crash never leaves a half-written one in place."""
+"""Writing files and folders so that a crash never leaves a half-written one in place."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -18,3 +19,10 @@ def swap_in(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, target)
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write ``payload`` as JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)

@@ -59,7 +59,7 @@ class RetrievalModule(L.LightningModule):
         )
         valid = batch.get("valid")
         if "hardest" in batch and neg is not None:  # online hard-negative mining
-            valid = keep_hardest(neg, valid if valid is not None else torch.ones_like(neg, dtype=torch.bool), batch["hardest"])
+            valid = keep_hardest(neg, valid, batch["hardest"])
         scored = ScoredBatch(
             pos=pos,
             neg=neg,

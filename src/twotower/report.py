@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
+from twotower.fsutil import write_json_atomic
 from twotower.metrics import METRIC_NAMES
 
 
 def write_results(metrics: dict[str, float], run_dir: Path) -> Path:
     path = Path(run_dir) / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
-    tmp.replace(path)  # never a half-written results.json
+    write_json_atomic(path, dict(sorted(metrics.items())))  # never a half-written results.json
     return path
 
 

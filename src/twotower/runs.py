@@ -16,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from twotower.fsutil import write_json_atomic
 from twotower.loggers import log_comparison_table, redact_secrets, resolve_wandb_mode
 
 log = logging.getLogger("twotower")
@@ -43,12 +44,6 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", new_run_id, use_cache=True)
     if not OmegaConf.has_resolver("dirname"):
         OmegaConf.register_new_resolver("dirname", safe_dirname)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
 
 
 def write_status(run_dir: Path, status: str, started: float, overrides: list[str], error: BaseException | None = None) -> None:
