@@ -189,7 +189,7 @@ def test_score_candidates_equals_explicit_dot_products(in_batch, extra_shape):
     user_vecs = torch.randn(4, 8, generator=gen, dtype=torch.float64)
     pos_vecs = torch.randn(4, 8, generator=gen, dtype=torch.float64)
     extra_vecs = None if extra_shape is None else torch.randn(*extra_shape, generator=gen, dtype=torch.float64)
-    pos, neg = score_candidates(user_vecs, pos_vecs, extra_vecs, in_batch)
+    pos, neg = score_candidates(user_vecs, pos_vecs, extra_vecs, pos_vecs if in_batch else None)
     ref_pos, ref_neg = _reference_scores(user_vecs, pos_vecs, extra_vecs, in_batch)
     torch.testing.assert_close(pos, ref_pos)
     if ref_neg is None:
@@ -205,7 +205,7 @@ def test_scores_and_layout_columns_line_up():
     user_vecs = torch.randn(4, 6, generator=gen, dtype=torch.float64)
     extra = torch.tensor([[1, 2], [3, 4], [5, 10], [11, 7]])
     layout = build_layout(USERS, POSITIVES, Negatives(items=extra, in_batch=True), lookup())
-    pos, neg = score_candidates(user_vecs, item_table[POSITIVES], item_table[layout.extra_items], layout.in_batch)
+    pos, neg = score_candidates(user_vecs, item_table[POSITIVES], item_table[layout.extra_items], item_table[POSITIVES])
     columns = torch.cat([POSITIVES.expand(4, 4), extra], dim=1)  # the documented column order
     assert neg.shape == layout.valid.shape
     for b in range(4):

@@ -96,13 +96,13 @@ def test_per_example_negatives_shapes():
     pos = m.encode_items(items(batch))
     extra = m.encode_items(items(batch * n)).view(batch, n, -1)  # [B, n, item_dim]
     assert m.score_pairs(u[:, None, :].expand(-1, n, -1), extra).shape == (batch, n)
-    pos_scores, neg = score_candidates(u, pos, extra, True, m.score_pairs, m.score_matrix)
+    pos_scores, neg = score_candidates(u, pos, extra, pos, m.score_pairs, m.score_matrix)
     assert pos_scores.shape == (batch,) and neg.shape == (batch, batch + n)
     with torch.no_grad():
         assert neg[1, batch + 2] == pytest.approx(float(m.score_pairs(u[1], extra[1, 2])), abs=1e-5)
         assert neg[2, 0] == pytest.approx(float(m.score_pairs(u[2], pos[0])), abs=1e-5)
         # Shared negatives [M, item_dim] go through score_matrix.
-        _, shared = score_candidates(u, pos, extra[0], False, m.score_pairs, m.score_matrix)
+        _, shared = score_candidates(u, pos, extra[0], None, m.score_pairs, m.score_matrix)
         assert shared.shape == (batch, n)
 
 

@@ -39,7 +39,7 @@ def test_pair_trains_one_step_or_is_refused(loss_name, sampler, tmp_path):
 
 def test_pair_specialization_is_applied():
     """conf/loss_sampler/<loss>_<sampler>.yaml overrides the sampler for that pair only."""
-    assert compose_config(["loss=pairwise_hinge", "sampler=in_batch"]).sampler.logq_correction is False
-    assert compose_config(["loss=listwise", "sampler=in_batch"]).sampler.logq_correction is True
+    assert compose_config(["loss=pairwise_hinge", "sampler=in_batch"]).sampler.logq == "none"
+    assert compose_config(["loss=listwise", "sampler=in_batch"]).sampler.logq == "counts"
     assert compose_config(["loss=listwise", "sampler=popularity"]).sampler.logq_correction is True
     assert compose_config(["loss=pairwise_hinge", "sampler=popularity"]).sampler.logq_correction is False

@@ -90,7 +90,7 @@ def test_in_batch_sampler_logq_is_log_count_over_sum():
     expected = torch.tensor([math.log(1 / 8), math.log(3 / 8), math.log(4 / 8), math.log(3 / 8)])
     torch.testing.assert_close(neg.positives_logq, expected)
     torch.testing.assert_close(batch_probabilities(counts), torch.tensor([0.125, 0.375, 0.0, 0.5]))
-    off = in_batch_sampler(TrainingStats(counts), logq_correction=False).sample(torch.arange(4), positives, gen())
+    off = in_batch_sampler(TrainingStats(counts), logq="none").sample(torch.arange(4), positives, gen())
     assert off.in_batch and off.positives_logq is None
 
 

@@ -130,22 +130,23 @@ def score_candidates(
     user_vecs: torch.Tensor,
     pos_vecs: torch.Tensor,
     extra_vecs: torch.Tensor | None,
-    in_batch: bool,
+    in_batch_vecs: torch.Tensor | None,
     score_pairs=dot_pairs,
     score_matrix=dot_matrix,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scores of each user with its positive and its negative columns.
 
     ``user_vecs``, ``pos_vecs``: ``[B, D]``; ``extra_vecs``: ``[M, D]`` shared,
-    ``[B, n, D]`` per example, or ``None``. Returns ``pos [B]`` and
+    ``[B, n, D]`` per example, or ``None``; ``in_batch_vecs``: the in-batch columns
+    ``[B', D]`` (the batch's positives, or under DDP every rank's) or ``None``. Returns ``pos [B]`` and
     ``neg [B, C]`` (``None`` when there are no negatives). The score is the
     inner product unless a model gives its own ``score_pairs`` / ``score_matrix``
     (a model that cannot factorize scores every pair with a network).
     """
     pos = score_pairs(user_vecs, pos_vecs)
     parts = []
-    if in_batch:
-        parts.append(score_matrix(user_vecs, pos_vecs))
+    if in_batch_vecs is not None:
+        parts.append(score_matrix(user_vecs, in_batch_vecs))
     if extra_vecs is not None:
         if extra_vecs.dim() == user_vecs.dim():  # shared by the batch
             parts.append(score_matrix(user_vecs, extra_vecs))

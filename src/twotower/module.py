@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from twotower.candidates import keep_hardest, score_candidates
+from twotower.distributed import gather_with_grad
+from twotower.frequency import StreamingFrequencyEstimator
 from twotower.losses import ScoredBatch
 from twotower.metrics import RankingAccumulator, rank_and_match
 
@@ -30,6 +32,7 @@ class RetrievalModule(L.LightningModule):
         item_counts: torch.Tensor,
         config: dict | None = None,
         fitted_features: dict | None = None,
+        frequency_estimator: StreamingFrequencyEstimator | None = None,
     ):
         super().__init__()
         if not ks or min(ks) < 1:
@@ -42,11 +45,15 @@ class RetrievalModule(L.LightningModule):
         # Stored in every checkpoint, so a checkpoint describes itself.
         self.run_config = config or {}
         self.fitted_features = fitted_features or {}
+        # The source of p for logq=streaming; fed the global batch every step, kept in checkpoints.
+        self.frequency_estimator = frequency_estimator
         self._item_vectors: torch.Tensor | None = None
         self._accumulator: RankingAccumulator | None = None
+        self.test_metrics: dict[str, float] = {}
 
     # ---- training ------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def batch_loss(self, batch: dict) -> torch.Tensor:
+        """The loss of one training batch (this rank's share of it under DDP)."""
         users = self.model.encode_users(batch["user"])
         positives = self.model.encode_items(batch["pos"])
         extra = None
@@ -54,22 +61,32 @@ class RetrievalModule(L.LightningModule):
             extra = self.model.encode_items(batch["extra"]).index_select(0, batch["extra_inverse"])
             if batch["extra_per_example"]:
                 extra = extra.view(len(users), -1, extra.shape[-1])
-        pos, neg = score_candidates(
-            users, positives, extra, batch["in_batch"], self.model.score_pairs, self.model.score_matrix
-        )
+        in_batch = None
+        if batch["in_batch"]:
+            # Under DDP the in-batch columns are every rank's positives (gradients flow back).
+            in_batch = gather_with_grad(positives) if batch.get("cross_device") else positives
+        pos, neg = score_candidates(users, positives, extra, in_batch, self.model.score_pairs, self.model.score_matrix)
         valid = batch.get("valid")
         if "hardest" in batch and neg is not None:  # online hard-negative mining
             valid = keep_hardest(neg, valid, batch["hardest"])
-        scored = ScoredBatch(
-            pos=pos,
-            neg=neg,
-            neg_valid=valid,
-            pos_logq=batch.get("pos_logq"),
-            neg_logq=batch.get("neg_logq"),
-            rating=batch["rating"],
-        )
-        loss = self.loss(scored)
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(users))
+        pos_logq, neg_logq = batch.get("pos_logq"), batch.get("neg_logq")
+        if "stream_items" in batch:
+            pos_logq, neg_logq = self._streaming_logq(batch, len(users))
+        scored = ScoredBatch(pos=pos, neg=neg, neg_valid=valid, pos_logq=pos_logq, neg_logq=neg_logq, rating=batch["rating"])
+        return self.loss(scored)
+
+    def _streaming_logq(self, batch: dict, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed the estimator this step's global batch, then ``log p`` of each user's
+        positive ``[B]`` and of the in-batch columns ``[B, C]``."""
+        estimator = self.frequency_estimator
+        estimator.update(batch["stream_items"].cpu())
+        pos_logq = estimator.log_probabilities(batch["pos"]["index"].cpu()).to(self.device)
+        columns = estimator.log_probabilities(batch["in_batch_items"].cpu()).to(self.device)
+        return pos_logq, columns.expand(num_users, -1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.batch_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["rating"]), sync_dist=True)
         return loss
 
     def configure_optimizers(self):
@@ -124,3 +141,9 @@ class RetrievalModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["twotower_config"] = self.run_config
         checkpoint["twotower_features"] = self.fitted_features
+        if self.frequency_estimator is not None:
+            checkpoint["frequency_estimator"] = self.frequency_estimator.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.frequency_estimator is not None and "frequency_estimator" in checkpoint:
+            self.frequency_estimator.load_state_dict(checkpoint["frequency_estimator"])

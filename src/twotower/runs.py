@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -27,7 +28,12 @@ LAST_SWEEP = {"jobs": 0, "failed": 0}
 
 def new_run_id() -> str:
     """Date, time to the microsecond and a random suffix: two jobs started in the
-    same second (or microsecond, on another machine) never share a directory."""
+    same second (or microsecond, on another machine) never share a directory.
+    ``TWOTOWER_RUN_ID``, when set, is used instead: every rank that torchrun starts
+    runs the command itself and must find the same run directory."""
+    given = os.environ.get("TWOTOWER_RUN_ID")
+    if given:
+        return safe_dirname(given)
     return f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}_{secrets.token_hex(2)}"
 
 

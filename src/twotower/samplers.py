@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from twotower.frequency import StreamingFrequencyEstimator
+
 
 @dataclass
 class Negatives:
@@ -33,6 +35,7 @@ class Negatives:
     positives_logq: torch.Tensor | None = None
     items_valid: torch.Tensor | None = None  # like ``items``; False where a row had no negative to give
     hardest: int | None = None  # online mining: keep only each row's hardest valid negatives
+    streaming_logq: bool = False  # the in-batch logQ comes from the model's streaming frequency estimate
 
 
 @dataclass
@@ -87,22 +90,38 @@ class NoNegatives:
         return Negatives()
 
 
+LOGQ_SOURCES = ("counts", "streaming", "none")
+
+
 class InBatchSampler:
-    """The batch's other positives are the negatives; with ``logq_correction``
-    each candidate's logit is shifted by ``-log p`` (``p`` from training counts)."""
+    """The batch's other positives are the negatives. ``logq`` says where the
+    ``p`` of the correction ``s - log p`` comes from: ``counts`` (training
+    counts, fixed), ``streaming`` (estimated while training by
+    :class:`~twotower.frequency.StreamingFrequencyEstimator`, which the
+    LightningModule holds and feeds the global batch) or ``none`` (no correction)."""
 
     provides_negatives = True
 
-    def __init__(self, item_counts: torch.Tensor, logq_correction: bool = True, online_hardest: int | None = None):
+    def __init__(
+        self,
+        item_counts: torch.Tensor,
+        logq: str = "counts",
+        online_hardest: int | None = None,
+        streaming: dict | None = None,
+    ):
+        if logq not in LOGQ_SOURCES:
+            raise ValueError(f"sampler.logq={logq!r}: expected one of {', '.join(LOGQ_SOURCES)}")
         if online_hardest is not None and online_hardest < 1:
             raise ValueError(f"sampler.online_hardest={online_hardest}: expected null or >= 1")
-        self.logq_correction = logq_correction
+        self.logq = logq
+        self.logq_correction = logq != "none"
         self.online_hardest = online_hardest
         self.log_p = torch.log(batch_probabilities(item_counts).clamp_min(1e-12))
+        self.frequency_estimator = StreamingFrequencyEstimator(**(streaming or {})) if logq == "streaming" else None
 
     def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
-        logq = self.log_p[positives] if self.logq_correction else None
-        return Negatives(in_batch=True, positives_logq=logq, hardest=self.online_hardest)
+        logq = self.log_p[positives] if self.logq == "counts" else None
+        return Negatives(in_batch=True, positives_logq=logq, hardest=self.online_hardest, streaming_logq=self.logq == "streaming")
 
 
 class CorpusSampler:
@@ -156,7 +175,7 @@ class MixedSampler:
     provides_negatives = True
 
     def __init__(self, item_counts: torch.Tensor, num_negatives: int, alpha: float = 0.0, logq_correction: bool = True):
-        self.in_batch = InBatchSampler(item_counts, logq_correction)
+        self.in_batch = InBatchSampler(item_counts, "counts" if logq_correction else "none")
         self.corpus = CorpusSampler(item_counts.float() ** alpha if alpha else torch.ones_like(item_counts, dtype=torch.float), num_negatives, shared=True)
         self.logq_correction = logq_correction
 
@@ -218,10 +237,13 @@ def popularity_sampler(
     return CorpusSampler(stats.item_counts.float() ** alpha, num_negatives, shared, logq_correction)
 
 
-def in_batch_sampler(stats: TrainingStats, logq_correction: bool = True, online_hardest: int | None = None) -> InBatchSampler:
+def in_batch_sampler(
+    stats: TrainingStats, logq: str = "counts", online_hardest: int | None = None, streaming: dict | None = None
+) -> InBatchSampler:
     """In-batch negatives; ``online_hardest=k`` keeps only each user's ``k``
-    highest-scoring in-batch negatives (online hard-negative mining)."""
-    return InBatchSampler(stats.item_counts, logq_correction, online_hardest)
+    highest-scoring in-batch negatives (online hard-negative mining); ``streaming``:
+    the estimator's settings (``num_buckets``, ``num_hashes``, ``alpha``) for ``logq=streaming``."""
+    return InBatchSampler(stats.item_counts, logq, online_hardest, streaming)
 
 
 def mixed_sampler(stats: TrainingStats, num_negatives: int, alpha: float = 0.0, logq_correction: bool = True) -> MixedSampler:

@@ -6,6 +6,7 @@ fit, test the best checkpoint, and return the metrics. ``main`` is the
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import warnings
@@ -17,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.config import CONFIG_DIR, build, check_loss_sampler, load_dotenv_file, resolved_config
+from twotower.config import CONFIG_DIR, ConfigError, build, check_loss_sampler, load_dotenv_file, resolved_config
 from twotower.data.datamodule import RetrievalDataModule
+from twotower.distributed import configured_world_size, is_main_process, relaunches_command, split_evenly
 from twotower.loggers import build_loggers, finish_wandb, log_summary, redact_secrets
 from twotower.module import RetrievalModule
 from twotower.report import format_table, write_results
@@ -45,6 +47,7 @@ def build_datamodule(cfg: DictConfig, train_on: str) -> RetrievalDataModule:
         eval_batch_size=data.eval_batch_size,
         train_on=train_on,
         seed=cfg.seed,
+        cross_device_negatives=cfg.distributed.cross_device_negatives,
     )
 
 
@@ -58,8 +61,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = redact_secrets(resolved_config(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    writes_files = is_main_process()  # under DDP, rank 0 alone writes the run's files
 
     # Everything that can be refused is checked before any file is written.
+    world_size = configured_world_size(OmegaConf.to_container(cfg.trainer).get("devices", 1), cfg.trainer.get("num_nodes", 1))
+    if world_size:
+        split_evenly(cfg.data.batch_size, world_size)
     loss = build(cfg.loss)
     model_trainable = cfg.model.optimizer is not None
     datamodule = build_datamodule(cfg, train_on=loss.trains_on if model_trainable else "positives")
@@ -68,8 +75,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if model_trainable:
         check_loss_sampler(loss, datamodule.sampler, labels)
 
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
-    datamodule.save_artifacts(run_dir)
+    if writes_files:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        datamodule.save_artifacts(run_dir)
     data = datamodule.data
     model = build(cfg.model.net)(data)
     module = RetrievalModule(
@@ -80,6 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         item_counts=data.item_counts,
         config=config,
         fitted_features=data.fitted,
+        frequency_estimator=getattr(datamodule.sampler, "frequency_estimator", None),
     )
     log.info(
         "data %s: %d users, %d items, %d training examples; val %d users, test %d users",
@@ -126,7 +135,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False, verbose=False)
         else:
             trainer.test(module, datamodule=datamodule, verbose=False)
-        metrics.update(module.test_metrics)
+        # Under ddp_spawn the test ran in worker processes: their metrics come back as callback metrics.
+        metrics.update(module.test_metrics or {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        if not writes_files:
+            return metrics
         write_results(metrics, run_dir)
         log_summary(metrics)
         print(f"\nTest metrics ({data.name}, {cfg.model.name}):\n{format_table(metrics, 'test')}\nrun directory: {run_dir}")
@@ -144,8 +156,19 @@ def run_task(cfg: DictConfig) -> float | None:
     Returns the best value of the monitored validation metric, for hyper-parameter sweepers.
     """
     run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun and relaunches_command(cfg.trainer.get("strategy", "auto")):
+        # Raised, not recorded: every job of the sweep would fail the same way.
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.get('strategy')} runs the whole command once per rank, so each rank "
+            "would run its own copy of the sweep; for sweeps use trainer=ddp_spawn (GPUs) or trainer=ddp_cpu, one "
+            "multi-device job at a time, or launch single runs with trainer=ddp"
+        )
+    if not is_main_process():  # rank 0 keeps the status; the other ranks only train
+        train(cfg)
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
     started = time.time()
     write_status(run_dir, "running", started, overrides)
@@ -153,7 +176,7 @@ def run_task(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except Exception as err:
         write_status(run_dir, "failed", started, overrides, err)
-        if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+        if multirun:
             log.exception("job failed (recorded in %s); the sweep goes on", run_dir / "status.json")
             return float("nan")  # a search sweeper records the trial as failed and goes on
         raise
@@ -168,6 +191,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     load_dotenv_file()
+    torchrun_rank = "TORCHELASTIC_RUN_ID" in os.environ
+    if torchrun_rank and not os.environ.get("TWOTOWER_RUN_ID") and not any(a.startswith("hydra.run.dir=") for a in sys.argv):
+        # Each rank resolves its own run directory from the time: they must agree on one.
+        sys.exit(
+            "twotower-train under torchrun: set TWOTOWER_RUN_ID (the same on every node), e.g. "
+            "TWOTOWER_RUN_ID=$(date +%Y-%m-%d_%H-%M-%S) torchrun ..., or pass hydra.run.dir=DIR"
+        )
     register_resolvers()
     _hydra_main()
     if LAST_SWEEP["failed"]:

@@ -17,6 +17,7 @@ from twotower.candidates import build_layout
 from twotower.data.features import parse_feature_specs
 from twotower.data.prepare import EvalSet, PreparedData, SplitArrays, prepare
 from twotower.data.schema import InteractionData
+from twotower.distributed import split_evenly
 from twotower.samplers import TrainingStats
 
 
@@ -38,22 +39,27 @@ def _csr_slice(ptr: torch.Tensor, values: torch.Tensor, start: int, stop: int) -
 
 class TrainBatches(IterableDataset):
     """Shuffled training batches; one permutation per epoch, seeded by ``seed + epoch``
-    so an epoch's batches do not depend on how many epochs ran before in this process."""
+    so an epoch's batches do not depend on how many epochs ran before in this process.
+
+    ``data.batch_size`` is the global batch. Under DDP every rank draws the same
+    permutation and takes its share of each global batch, so ``W`` ranks see exactly
+    the batches one device would; a last global batch too small to share is dropped."""
 
     def __init__(self, dm: "RetrievalDataModule"):
         self.dm = dm
 
     def __len__(self) -> int:
         n = len(self.dm.train_examples.user)
+        if self.dm.world()[0] > 1:
+            return n // self.dm.batch_size
         return (n + self.dm.batch_size - 1) // self.dm.batch_size
 
     def __iter__(self) -> Iterator[dict]:
         dm = self.dm
         generator = torch.Generator().manual_seed(dm.seed * 1_000_003 + dm.epoch)
         dm.epoch += 1
-        ex = dm.train_examples
-        order = torch.randperm(len(ex.user), generator=generator)
-        for start in range(0, len(order), dm.batch_size):
+        order = torch.randperm(len(dm.train_examples.user), generator=generator)
+        for start in range(0, len(self) * dm.batch_size, dm.batch_size):
             yield dm.train_batch(order[start : start + dm.batch_size], generator)
 
 
@@ -108,6 +114,7 @@ class RetrievalDataModule(L.LightningDataModule):
         eval_batch_size: int = 1024,
         train_on: str = "positives",
         seed: int = 0,
+        cross_device_negatives: bool = True,
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -124,6 +131,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.train_on = train_on
         self.seed = seed
+        self.cross_device_negatives = cross_device_negatives
         self.epoch = 0
         self.data: PreparedData | None = None
 
@@ -166,11 +174,32 @@ class RetrievalDataModule(L.LightningDataModule):
         else:
             self.train_examples = train.positives()
 
+    def world(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the Trainer running this DataModule; ``(1, 0)`` alone."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def train_batch(self, rows: torch.Tensor, generator: torch.Generator) -> dict:
+        """The batch of training examples ``rows`` (the global batch), as this rank sees it.
+
+        With cross-device negatives the negatives and their mask are laid out for the
+        global batch (every rank draws the same ones) and this rank keeps its rows; the
+        module gathers the other ranks' positive vectors for the in-batch columns.
+        Without them each rank lays out its own share alone."""
         ex, data = self.train_examples, self.data
+        world, rank = self.world()
+        stream_items = ex.item[rows]  # what a streaming frequency estimator sees: the global batch
+        mine = slice(None)
+        if world > 1:
+            share = split_evenly(len(rows), world)
+            mine = slice(rank * share, (rank + 1) * share)
+            if not self.cross_device_negatives:
+                rows, mine = rows[mine], slice(None)
         users, items = ex.user[rows], ex.item[rows]
         negatives = self.sampler.sample(users, items, generator)
         layout = build_layout(users, items, negatives, data.is_train_positive)
+        in_batch_items = items  # the in-batch columns: the global batch's positives, or this rank's
+        users, items, rows = users[mine], items[mine], rows[mine]
         user = gather(data.user_features, users)
         for name, codes in self.history_codes.items():
             # The positive is in its user's training history: hide it, or the tower learns a lookup.
@@ -180,20 +209,28 @@ class RetrievalDataModule(L.LightningDataModule):
             "pos": gather(data.item_features, items),
             "rating": ex.rating[rows],
             "in_batch": layout.in_batch,
+            # The module gathers the other ranks' positives when the columns span the global batch.
+            "cross_device": world > 1 and self.cross_device_negatives,
         }
-        if layout.extra_items is not None:
+        extra = layout.extra_items
+        if extra is not None:
+            if extra.dim() == 2:
+                extra = extra[mine]
             # Each distinct negative goes through the item tower once (B x n draws from a small
             # catalogue repeat a lot); the model maps the vectors back with extra_inverse.
-            unique, inverse = torch.unique(layout.extra_items.reshape(-1), return_inverse=True)
+            unique, inverse = torch.unique(extra.reshape(-1), return_inverse=True)
             batch["extra"] = gather(data.item_features, unique)
             batch["extra_inverse"] = inverse
-            batch["extra_per_example"] = layout.extra_items.dim() == 2
+            batch["extra_per_example"] = extra.dim() == 2
         if negatives.hardest is not None:
             batch["hardest"] = negatives.hardest
+        if negatives.streaming_logq:
+            batch["stream_items"] = stream_items
+            batch["in_batch_items"] = in_batch_items
         for key in ("valid", "neg_logq", "pos_logq"):
             value = getattr(layout, key)
             if value is not None:
-                batch[key] = value
+                batch[key] = value[mine]
         return batch
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,70 @@
+"""One training step of the same model, twice: one process with the global batch, and
+2 CPU processes (DDP over gloo, Lightning's ``ddp_spawn``) with half of it each.
+Writes each run's loss and gradients to ``OUT_DIR/{single,ddp_rank0,ddp_rank1}.pt``
+for tests/test_distributed.py to compare. Run as ``python ddp_equivalence.py OUT_DIR
+[OVERRIDE ...]``: in its own process, so a hung rank cannot stall pytest.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from twotower.config import build, compose_config
+from twotower.module import RetrievalModule
+from twotower.train import build_datamodule
+
+
+class RecordFirstStep(L.Callback):
+    """Saves the loss and the (DDP-synchronized) gradients of the first step, before the update."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_after_backward(self, trainer, module) -> None:
+        if not self.grads:
+            self.grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        name = "single" if trainer.world_size == 1 else f"ddp_rank{trainer.global_rank}"
+        torch.save({"loss": outputs["loss"].detach(), "grads": self.grads}, self.path / f"{name}.pt")
+
+
+def one_step(out_dir: Path, overrides: list[str], devices: int) -> None:
+    cfg = compose_config(overrides, output_dir=out_dir / "run")
+    L.seed_everything(cfg.seed, verbose=False)
+    datamodule = build_datamodule(cfg, train_on="positives")
+    datamodule.setup("fit")
+    data = datamodule.data
+    module = RetrievalModule(
+        model=build(cfg.model.net)(data),
+        loss=build(cfg.loss),
+        optimizer=build(cfg.model.optimizer),
+        ks=[10],
+        item_counts=data.item_counts,
+        frequency_estimator=getattr(datamodule.sampler, "frequency_estimator", None),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RecordFirstStep(out_dir)],
+    )
+    trainer.fit(module, datamodule=datamodule)
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    extra = sys.argv[2:]
+    one_step(out, extra, devices=1)
+    one_step(out, extra, devices=2)
