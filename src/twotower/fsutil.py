@@ -21,8 +21,35 @@ def swap_in(tmp: Path, target: Path) -> None:
         os.rename(tmp, target)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is always either the old complete
+    file or the new complete one: a temporary file in the same folder, flushed to
+    disk, then renamed over ``path`` (a rename within a file system is atomic). A
+    process killed mid-write leaves only a ``.tmp-*`` file, which
+    :func:`remove_stale_temporaries` clears."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the ``.*.tmp-*`` files a killed :func:`write_bytes_atomic` left in ``folder``."""
+    stale = sorted(Path(folder).glob(".*.tmp-*")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_json_atomic(path: Path, payload) -> None:
     """Write ``payload`` as JSON to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    write_bytes_atomic(path, json.dumps(payload, indent=2, default=str).encode())

@@ -8,6 +8,7 @@ the functions and say what the loss needs from the sampler.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +113,14 @@ def pairwise_logistic_loss(pos: torch.Tensor, neg: torch.Tensor, neg_valid: torc
     return masked_pair_mean(F.softplus(sigma * (neg - pos[:, None])), neg_valid)
 
 
+def _check_number(key: str, value, strict: bool) -> None:
+    """Refuse a loss parameter that is not a finite number ``> 0`` (``strict``) or ``>= 0``."""
+    bound = "> 0" if strict else ">= 0"
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not is_number or value < 0 or (strict and value == 0):
+        raise ValueError(f"{key}={value!r}: expected {bound} (a finite number)")
+
+
 @dataclass
 class ListwiseLoss:
     """Listwise training: softmax over one positive and its negatives, temperature ``tau``."""
@@ -121,8 +130,7 @@ class ListwiseLoss:
     trains_on = "positives"
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"loss.temperature={self.temperature}: expected > 0")
+        _check_number("loss.temperature", self.temperature, strict=True)
 
     def __call__(self, batch: ScoredBatch) -> torch.Tensor:
         return listwise_softmax_loss(*corrected_logits(batch, self.temperature))
@@ -139,8 +147,7 @@ class PointwiseLoss:
     trains_on = "positives"
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"loss.temperature={self.temperature}: expected > 0")
+        _check_number("loss.temperature", self.temperature, strict=True)
         k = self.negatives_per_positive
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"loss.negatives_per_positive={k}: expected an integer >= 1")
@@ -160,8 +167,7 @@ class PairwiseHingeLoss:
     trains_on = "positives"
 
     def __post_init__(self) -> None:
-        if not self.margin >= 0:
-            raise ValueError(f"loss.margin={self.margin}: expected >= 0")
+        _check_number("loss.margin", self.margin, strict=False)
 
     def __call__(self, batch: ScoredBatch) -> torch.Tensor:
         return pairwise_hinge_loss(batch.pos, batch.neg, all_valid(batch.neg, batch.neg_valid), self.margin)
@@ -176,8 +182,7 @@ class PairwiseLogisticLoss:
     trains_on = "positives"
 
     def __post_init__(self) -> None:
-        if not self.sigma > 0:
-            raise ValueError(f"loss.sigma={self.sigma}: expected > 0")
+        _check_number("loss.sigma", self.sigma, strict=True)
 
     def __call__(self, batch: ScoredBatch) -> torch.Tensor:
         return pairwise_logistic_loss(batch.pos, batch.neg, all_valid(batch.neg, batch.neg_valid), self.sigma)

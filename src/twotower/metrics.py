@@ -35,7 +35,9 @@ def per_user_metrics(hits: torch.Tensor, num_targets: torch.Tensor, ks: list[int
     out = {}
     for k in ks:
         if not 1 <= k <= k_max:
-            raise ValueError(f"K={k}: expected 1 <= K <= {k_max}")
+            raise ValueError(
+                f"K={k}: expected 1 <= K <= {k_max}, the number of items ranked (eval.ks may not exceed the catalogue)"
+            )
         h = cum_hits[:, k - 1]
         ideal = cum_ideal[(num_targets.clamp(max=k) - 1).long()]
         out[f"recall@{k}"] = h / n

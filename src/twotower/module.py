@@ -10,7 +10,9 @@ import lightning as L
 import torch
 from torch import nn
 
+import twotower
 from twotower.candidates import keep_hardest, score_candidates
+from twotower.checkpoints import rng_state, set_rng_state
 from twotower.distributed import gather_with_grad
 from twotower.frequency import StreamingFrequencyEstimator
 from twotower.losses import ScoredBatch
@@ -137,13 +139,17 @@ class RetrievalModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._end_eval("test")
 
-    # ---- checkpoints describe themselves --------------------------------------
+    # ---- checkpoints describe themselves, and resume exactly ----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["twotower_version"] = twotower.__version__
         checkpoint["twotower_config"] = self.run_config
         checkpoint["twotower_features"] = self.fitted_features
+        checkpoint["rng_state"] = rng_state()  # dropout and the losses' random choices continue as they were
         if self.frequency_estimator is not None:
             checkpoint["frequency_estimator"] = self.frequency_estimator.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_state" in checkpoint:
+            set_rng_state(checkpoint["rng_state"])
         if self.frequency_estimator is not None and "frequency_estimator" in checkpoint:
             self.frequency_estimator.load_state_dict(checkpoint["frequency_estimator"])

@@ -64,6 +64,14 @@ def write_status(run_dir: Path, status: str, started: float, overrides: list[str
     write_json_atomic(run_dir / "status.json", payload)
 
 
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """A run's ``status.json``, or ``{}`` when it has none (or an unreadable one)."""
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
     """Read every job's ``status.json`` under ``sweep_dir``."""
     jobs = []

@@ -18,13 +18,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.config import CONFIG_DIR, ConfigError, build, check_loss_sampler, load_dotenv_file, resolved_config
+from twotower.callbacks import StopOnNonFiniteLoss
+from twotower.checkpoints import AtomicCheckpointIO, resume_checkpoint
+from twotower.config import CONFIG_DIR, ConfigError, build, check_loss_sampler, load_dotenv_file, resolved_config, resumed_config
 from twotower.data.datamodule import RetrievalDataModule
 from twotower.distributed import configured_world_size, is_main_process, relaunches_command, split_evenly
 from twotower.loggers import build_loggers, finish_wandb, log_summary, redact_secrets
 from twotower.module import RetrievalModule
 from twotower.report import format_table, write_results
-from twotower.runs import LAST_SWEEP, register_resolvers, run_labels, sweep_name, write_status
+from twotower.runs import LAST_SWEEP, read_status, register_resolvers, run_labels, sweep_name, write_status
 
 log = logging.getLogger("twotower")
 
@@ -51,11 +53,14 @@ def build_datamodule(cfg: DictConfig, train_on: str) -> RetrievalDataModule:
     )
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, float]:
     """Train and test one configuration; returns the test (and last validation) metrics.
 
     Everything the run writes goes under ``cfg.paths.output_dir``: the resolved
     config, ``features.json``, checkpoints, CSV/W&B logs and ``results.json``.
+    With ``cfg.resume`` set, training continues from that directory's last complete
+    checkpoint (or from the start when it has none). ``callbacks``: extra Lightning
+    callbacks (tests inject faults with them).
     """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,9 +101,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         len(data.eval_sets["val"].users), len(data.eval_sets["test"].users),
     )  # fmt: skip
 
-    callbacks = []
+    callbacks = list(callbacks or [])
     checkpoint = None
+    resume_from = resume_checkpoint(run_dir) if cfg.get("resume") else None
     if model_trainable:
+        callbacks.append(StopOnNonFiniteLoss(cfg.loss.get("temperature"), cfg.model.optimizer.get("lr")))
         checkpoint = L.pytorch.callbacks.ModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"),
             filename="best",
@@ -123,16 +130,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger=build_loggers(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, config, group, tags),
             callbacks=callbacks,
             default_root_dir=str(run_dir),
+            plugins=[AtomicCheckpointIO()],
         )
         metrics: dict[str, float] = {}
         if model_trainable:
-            trainer.fit(module, datamodule=datamodule)
+            if resume_from is not None:
+                log.info("resuming from %s", resume_from)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
             if checkpoint.best_model_score is not None:
                 # The checkpoint that is tested; what a hyper-parameter search should optimize.
                 metrics[f"best/{cfg.eval.monitor}"] = float(checkpoint.best_model_score)
             best = checkpoint.best_model_path or None
-            trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False, verbose=False)
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
         else:
             trainer.test(module, datamodule=datamodule, verbose=False)
         # Under ddp_spawn the test ran in worker processes: their metrics come back as callback metrics.
@@ -165,11 +175,17 @@ def run_task(cfg: DictConfig) -> float | None:
             "would run its own copy of the sweep; for sweeps use trainer=ddp_spawn (GPUs) or trainer=ddp_cpu, one "
             "multi-device job at a time, or launch single runs with trainer=ddp"
         )
+    overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
+    if cfg.get("resume"):
+        if multirun:
+            raise ConfigError("resume= continues one run; it cannot be part of a sweep (-m)")
+        cfg = resumed_config(cfg.resume, overrides)
+        run_dir = Path(cfg.paths.output_dir)
+        overrides = read_status(run_dir).get("overrides", overrides)  # the run's own, not "resume=..."
     if not is_main_process():  # rank 0 keeps the status; the other ranks only train
         train(cfg)
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
     started = time.time()
     write_status(run_dir, "running", started, overrides)
     try:

@@ -38,8 +38,9 @@ def _csr_slice(ptr: torch.Tensor, values: torch.Tensor, start: int, stop: int) -
 
 
 class TrainBatches(IterableDataset):
-    """Shuffled training batches; one permutation per epoch, seeded by ``seed + epoch``
-    so an epoch's batches do not depend on how many epochs ran before in this process.
+    """Shuffled training batches; one permutation per epoch, seeded by the seed and the
+    Trainer's epoch, so an epoch's batches are the same whether the run went through the
+    epochs before it in this process or resumed from a checkpoint.
 
     ``data.batch_size`` is the global batch. Under DDP every rank draws the same
     permutation and takes its share of each global batch, so ``W`` ranks see exactly
@@ -56,8 +57,9 @@ class TrainBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         dm = self.dm
-        generator = torch.Generator().manual_seed(dm.seed * 1_000_003 + dm.epoch)
-        dm.epoch += 1
+        epoch = dm.trainer.current_epoch if dm.trainer is not None else dm.epoch
+        generator = torch.Generator().manual_seed(dm.seed * 1_000_003 + epoch)
+        dm.epoch = epoch + 1  # without a Trainer (scripts, tests): the next iteration is the next epoch
         order = torch.randperm(len(dm.train_examples.user), generator=generator)
         for start in range(0, len(self) * dm.batch_size, dm.batch_size):
             yield dm.train_batch(order[start : start + dm.batch_size], generator)

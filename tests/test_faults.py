@@ -1,0 +1,126 @@
+"""Fault injection: a run killed at any point resumes to the result of an uninterrupted
+run; a non-finite loss stops training and keeps the last good checkpoint; checkpoints
+are never left half-written.
+
+Kills are real SIGKILLs of a subprocess (tests/fault_injection.py); every subprocess has
+a timeout, so a hang fails the test instead of stalling the suite.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from twotower.callbacks import NonFiniteLossError
+from twotower.config import ConfigError, compose_config, resumed_config
+from twotower.train import run_task, train
+
+HERE = Path(__file__).parent
+# 3 epochs of 6 steps; dropout and the streaming frequency estimator make the resumed run
+# depend on the random state and the estimator state restored from the checkpoint.
+RUN = [
+    "trainer.max_epochs=3", "trainer.limit_train_batches=6", "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=2", "eval.patience=null", "data.batch_size=128",
+    "model.net.dropout=0.2", "sampler.logq=streaming",
+    "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+]  # fmt: skip
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+TIMEOUT = 180
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
+
+
+def test_metrics(run_dir: Path) -> dict[str, float]:
+    results = json.loads((run_dir / "results.json").read_text())
+    return {k: v for k, v in results.items() if k.startswith("test/")}
+
+
+test_metrics.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, float]:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    done = run(["-m", "twotower.train", f"hydra.run.dir={run_dir}", *RUN])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return test_metrics(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["train_step:8", "validation:1", "checkpoint:3"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, fault):
+    run_dir = tmp_path / "run"
+    killed = run([str(HERE / "fault_injection.py"), str(run_dir), fault, *RUN])
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: no clean-up ran
+    assert not (run_dir / "results.json").exists()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # the last complete checkpoint: epoch 0's
+    if fault.startswith("checkpoint"):
+        assert list((run_dir / "checkpoints").glob(".*.tmp-*"))  # the killed write's leftover
+
+    resumed = run(["-m", "twotower.train", f"resume={run_dir}"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr + resumed.stdout
+    assert not list((run_dir / "checkpoints").glob(".*.tmp-*"))
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "completed" and "resume=" not in " ".join(status["overrides"])
+    # Same machine, same threads: equal to float precision (tolerance 1e-6).
+    got = test_metrics(run_dir)
+    assert got.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        assert got[name] == pytest.approx(value, abs=1e-6), name
+
+
+class PoisonAt(L.Callback):
+    """Turns the item tower's weights to NaN as global step ``step`` starts."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for p in pl_module.model.item_tower.parameters():
+                    p.fill_(float("nan"))
+
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_config(RUN, output_dir=run_dir)
+    with pytest.raises(NonFiniteLossError, match=r"at step 8 \(epoch 1, batch 2\).*loss.temperature=0.2.*model.optimizer.lr"):
+        train(cfg, callbacks=[PoisonAt(8)])
+    assert not (run_dir / "results.json").exists()
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 0 and all(torch.isfinite(t).all() for t in state["state_dict"].values())
+
+
+def test_a_too_low_temperature_is_caught_at_the_first_step(tmp_path, tiny_overrides):
+    cfg = compose_config(tiny_overrides + ["loss.temperature=1e-40"], output_dir=tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match=r"at step 0 \(epoch 0, batch 0\).*temperature too low"):
+        train(cfg)
+
+
+def test_same_seed_same_metrics(tmp_path, tiny_overrides):
+    first = train(compose_config(tiny_overrides + ["model.net.dropout=0.2"], output_dir=tmp_path / "a"))
+    second = train(compose_config(tiny_overrides + ["model.net.dropout=0.2"], output_dir=tmp_path / "b"))
+    assert first == second
+
+
+def test_resume_refuses_a_changed_config_and_a_directory_that_is_not_a_run(tmp_path, tiny_overrides):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="no config.yaml there"):
+        resumed_config(run_dir, [])
+    run_task(compose_config(tiny_overrides, output_dir=run_dir))
+    with pytest.raises(ConfigError, match=r"refusing the override\(s\) \['model=two_tower_ids'\]"):
+        resumed_config(run_dir, [f"resume={run_dir}", "model=two_tower_ids"])
+    cfg = resumed_config(run_dir, [f"resume={run_dir}", "logger.wandb.mode=offline"])
+    assert cfg.logger.wandb.mode == "offline" and cfg.paths.output_dir == str(run_dir.resolve())
