@@ -266,3 +266,42 @@ def test_item_absent_from_feature_table_in_split(tmp_path):
 def test_blank_lines_keep_line_numbers(tmp_path):
     path = write(tmp_path, "i.csv", "user_id,item_id,timestamp\na,b,1600000000\n\na,c,oops\n")
     raises([path, "line 4"], interactions=path)
+
+
+def test_truncated_csv_line_is_refused(tmp_path):
+    # A copy cut short: the last line ends two digits into its timestamp ("a,d,16" would be 1970).
+    text = "user_id,item_id,timestamp,rating\na,b,1600000000,4\na,c,1600000001,5\na,d,16"
+    path = write(tmp_path, "i.csv", text)
+    raises([path, "line 4 has 3 field(s) but the header has 4", "truncated", "1 line has"], interactions=path)
+
+
+def test_short_lines_in_the_middle_are_counted(tmp_path):
+    text = 'user_id,item_id,timestamp,genre\na,b,1600000000,"x,y"\na,c\na,d,1600000002,z\na,e,1600000003\n'
+    path = write(tmp_path, "i.csv", text)
+    raises([path, "line 3 has 2 field(s)", "2 lines have this problem"], interactions=path)
+
+
+def test_empty_last_field_is_not_a_short_line(tmp_path):
+    text = 'user_id,item_id,timestamp,rating\na,b,1600000000,\na,"c,1",1600000001,\n'
+    data = load_tables(interactions=write(tmp_path, "i.csv", text))
+    assert data.interactions["item_id"].tolist() == ["b", "c,1"] and data.interactions["rating"].isna().all()
+
+
+def test_truncated_parquet_is_refused(tmp_path):
+    whole = tmp_path / "whole.parquet"
+    pd.DataFrame({"user_id": range(50), "item_id": range(50), "timestamp": range(1600000000, 1600000050)}).to_parquet(whole)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert len(load_tables(interactions=str(whole)).interactions) == 50
+    raises([str(cut), "cannot read as Parquet", "expected a Parquet file"], interactions=str(cut))
+
+
+def test_non_numeric_timestamp_among_numbers(tmp_path):
+    path = write(tmp_path, "i.csv", "user_id,item_id,timestamp\na,b,1600000000\na,c,16000O0000\n")
+    raises([path, "column 'timestamp'", "line 3", "'16000O0000'", "seconds since the epoch"], interactions=path)
+
+
+def test_absent_ids_are_counted(tmp_path):
+    inter = write(tmp_path, "i.csv", "user_id,item_id,timestamp\nu1,a,1600000000\nu2,a,1600000000\nu3,b,1600000000\nu2,b,1600000000\n")
+    users = write(tmp_path, "users.csv", "user_id,age\nu1,3\n")
+    raises([inter, "line 3", "'u2'", "3 rows have this problem", "2 distinct user ids are missing"], interactions=inter, users=users)

@@ -115,6 +115,17 @@ def check_config(cfg: DictConfig) -> None:
             )
 
 
+def check_eval_ks(ks, num_items: int) -> None:
+    """Refuse cut-offs beyond the catalogue: the top K of ``num_items`` items has no K-th item.
+    Needs the data, so it runs once the data is prepared (before any file is written)."""
+    ks = list(ks)
+    too_large = [k for k in ks if k > num_items]
+    if too_large:
+        raise ConfigError(
+            f"eval.ks={ks}: K={too_large[0]} exceeds the catalogue of {num_items} items; expected every K <= {num_items}"
+        )
+
+
 def resolved_config(cfg: DictConfig) -> dict:
     """The full resolved config as plain containers, for saving with the run. A config that
     :func:`check_config` refuses is never resolved for saving: the check runs here first."""

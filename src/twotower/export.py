@@ -11,6 +11,10 @@ Console scripts:
   compared with the run's ``results.json``.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: nothing is unpickled.
+A checkpoint that is missing, unreadable (e.g. truncated), not twotower's, written by a
+newer twotower, or whose weights do not fit the model its config builds is refused with a
+:class:`CheckpointError`; an export folder with a missing or unreadable file with an
+:class:`ExportError` (both ``ValueError``); the commands print the message and exit with 2.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
+import re
 import shutil
 import sys
 import uuid
@@ -28,6 +34,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import twotower
 from twotower.data.features import encode_feature
 from twotower.fsutil import swap_in
 from twotower.index import ItemIndex, ann_quality
@@ -39,6 +46,81 @@ EXPORT_FILES = ("item_vectors.npy", "item_ids.json", "user_tower.pt", "user_towe
                 "user_features.pt", "user_ids.json", "features.json", "ann_quality.json")  # fmt: skip
 TOWER_ARGS = {"embedding_dim": 32, "mlp": [128, 64], "dropout": 0.0, "normalize": True}  # TwoTowerModel defaults
 ENCODE_CHUNK = 65536
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+class ExportError(ValueError):
+    """An export folder with a file that cannot be read; the message names the file."""
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error's message (torch and pyarrow add paragraphs of advice)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(err).__name__
+
+
+def _version(text) -> tuple[int, int, int] | None:
+    """``"1.2.3"`` (a suffix such as ``.dev0`` or ``rc1`` ignored) -> ``(1, 2, 3)``; ``None`` if not a version."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", str(text))
+    return tuple(int(g) for g in match.groups()) if match else None
+
+
+def check_version(ckpt_path: Path, written) -> None:
+    """Refuse a checkpoint written by a newer twotower (major.minor.patch compared) or with a
+    version that is not one; a checkpoint without ``twotower_version`` predates the field and is read."""
+    if written is None:
+        return
+    theirs, ours = _version(written), _version(twotower.__version__)
+    if theirs is None:
+        raise CheckpointError(f"{ckpt_path}: twotower_version={written!r} is not a version; expected major.minor.patch")
+    if ours is not None and theirs > ours:
+        raise CheckpointError(
+            f"{ckpt_path} was written by twotower {written}, newer than this twotower {twotower.__version__}; "
+            f"expected a checkpoint from twotower {twotower.__version__} or older (upgrade twotower to read it)"
+        )
+
+
+def read_checkpoint(ckpt_path: Path) -> dict:
+    """The checkpoint dict, loaded with ``weights_only=True`` and checked to be a twotower one."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{ckpt_path}: holds objects other than tensors and plain containers, refused (checkpoints are loaded "
+            "with weights_only=True); expected a checkpoint written by twotower-train"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a broken file
+        raise CheckpointError(
+            f"{ckpt_path}: cannot read the checkpoint ({_first_line(err)}); expected a complete checkpoint "
+            "written by twotower-train (is the file truncated?)"
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{ckpt_path}: holds a {type(ckpt).__name__}, not a checkpoint; expected a checkpoint written by twotower-train")
+    if "twotower_config" not in ckpt or "twotower_features" not in ckpt:
+        raise CheckpointError(f"{ckpt_path} is not a twotower checkpoint (no twotower_config / twotower_features)")
+    check_version(ckpt_path, ckpt.get("twotower_version"))
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{ckpt_path}: no state_dict (the model's weights); expected a checkpoint written by twotower-train")
+    return ckpt
+
+
+def load_weights(ckpt_path: Path, model: torch.nn.Module, state: dict, name: str, error: type = CheckpointError) -> None:
+    """``model.load_state_dict(state)``, refusing weights that do not fit with one line naming the keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}"
+             for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != tuple(expected[k].shape)]  # fmt: skip
+    problems = [f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''} ({len(keys)})"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]  # fmt: skip
+    if problems:
+        raise error(
+            f"{ckpt_path}: its weights do not fit {name}: {'; '.join(problems)}; expected the weights saved with it"
+        )
+    model.load_state_dict(state)
 
 
 def checkpoint_path(path: str | os.PathLike, which: str = "best") -> Path:
@@ -59,25 +141,32 @@ def load_run(path: str | os.PathLike, which: str = "best"):
 
     The data is prepared again from the saved config (deterministic for a config
     and seed) and must fit the same features as the checkpoint's ``twotower_features``."""
+    ckpt_path = checkpoint_path(path, which)
+    ckpt = read_checkpoint(ckpt_path)  # refused before the heavy imports below
+
     import lightning as L
+    from omegaconf.errors import OmegaConfBaseException
 
     from twotower.config import build
     from twotower.train import build_datamodule
 
-    ckpt_path = checkpoint_path(path, which)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    if "twotower_config" not in ckpt or "twotower_features" not in ckpt:
-        raise ValueError(f"{ckpt_path} is not a twotower checkpoint (no twotower_config / twotower_features)")
-    cfg = OmegaConf.create(ckpt["twotower_config"])
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainable = cfg.model.optimizer is not None
-    dm = build_datamodule(cfg, train_on=build(cfg.loss).trains_on if trainable else "positives")
-    dm.setup("fit")
-    if json.loads(json.dumps(dm.data.fitted)) != json.loads(json.dumps(ckpt["twotower_features"])):
-        raise ValueError(f"{ckpt_path}: the data prepared from the saved config fits other features than the checkpoint's; has the data changed?")
-    model = build(cfg.model.net)(dm.data)
+    try:
+        cfg = OmegaConf.create(ckpt["twotower_config"])
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        trainable = cfg.model.optimizer is not None
+        dm = build_datamodule(cfg, train_on=build(cfg.loss).trains_on if trainable else "positives")
+        dm.setup("fit")
+        if json.loads(json.dumps(dm.data.fitted)) != json.loads(json.dumps(ckpt["twotower_features"])):
+            raise CheckpointError(f"{ckpt_path}: the data prepared from the saved config fits other features than the checkpoint's; has the data changed?")
+        model = build(cfg.model.net)(dm.data)
+        name = f"the model its config builds ({cfg.model.get('name', type(model).__name__)})"
+    except OmegaConfBaseException as err:
+        raise CheckpointError(
+            f"{ckpt_path}: its twotower_config cannot rebuild the run ({_first_line(err)}); expected the config "
+            "saved by twotower-train"
+        ) from err
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    load_weights(ckpt_path, model, state, name)
     return ckpt_path, cfg, dm, model.eval(), ckpt
 
 
@@ -154,12 +243,36 @@ def check_export(export_dir: str | os.PathLike) -> Path:
     return folder
 
 
+def _read_json(path: Path):
+    """A JSON file of an export; a file that is not valid JSON (e.g. cut short) raises ``ExportError``."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExportError(f"{path}: not valid JSON ({_first_line(err)}); expected the file as twotower wrote it (is it truncated?)") from err
+
+
+def _read_tensors(path: Path) -> dict:
+    """A ``{name: tensor}`` file of an export, loaded with ``weights_only=True``."""
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a broken file
+        raise ExportError(
+            f"{path}: cannot read ({_first_line(err)}); expected the file twotower-export wrote (is it truncated? export again)"
+        ) from err
+    if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
+        raise ExportError(f"{path}: expected a dict of tensors, as twotower-export writes it (export again)")
+    return value
+
+
 def load_user_tower(export_dir: str | os.PathLike) -> Tower:
     """The exported user tower (eval mode), from ``user_tower.json`` and ``user_tower.pt`` only."""
     folder = Path(export_dir)
-    spec = json.loads((folder / "user_tower.json").read_text())
-    tower = Tower(spec["fitted"], **spec["args"])
-    tower.load_state_dict(torch.load(folder / "user_tower.pt", map_location="cpu", weights_only=True))
+    spec = _read_json(folder / "user_tower.json")
+    try:
+        tower = Tower(spec["fitted"], **spec["args"])
+    except (KeyError, TypeError) as err:
+        raise ExportError(f"{folder / 'user_tower.json'}: not a user tower description ({err!r}); expected the file twotower-export wrote") from err
+    load_weights(folder / "user_tower.pt", tower, _read_tensors(folder / "user_tower.pt"), "the user tower user_tower.json describes", ExportError)
     return tower.eval()
 
 
@@ -167,12 +280,18 @@ def encode_new_users(export_dir: str | os.PathLike, raw_users: list[dict[str, st
     """Encode users unseen in training from their raw features, with the exported fitted
     transforms: ``[{"age": "25", "gender": "M", ...}]`` -> ``{name: [U, ...]}``. Their ID
     maps to the unknown row; a feature left out counts as missing (unknown row, or the mean)."""
-    spec = json.loads((Path(export_dir) / "user_tower.json").read_text())
+    spec = _read_json(Path(export_dir) / "user_tower.json")
     names = [f["name"] for f in spec["fitted"] if f["kind"] != "id"]
+    continuous = {f["name"] for f in spec["fitted"] if f["kind"] == "continuous"}
     for raw in raw_users:
         unknown = sorted(set(raw) - set(names))
         if unknown:
             raise ValueError(f"new user features {unknown} are not features of this model; expected some of {names}")
+        for name in sorted(continuous & set(raw)):
+            value = raw[name]
+            number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+            if value not in (None, "") and not np.isfinite(number):
+                raise ValueError(f"new user feature {name}={value!r}: expected a number (or leave it out: missing)")
     table = pd.DataFrame([{n: raw.get(n) for n in names} for raw in raw_users], columns=names)
     features: dict[str, torch.Tensor] = {}
     for fitted in spec["fitted"]:
@@ -187,18 +306,21 @@ def retrieve(
     """Top-``k`` items (``rank, id, title, score``) for each known raw user id (as a string),
     then for each new user given by raw features (see :func:`encode_new_users`)."""
     folder = check_export(export_dir)
-    user_ids = json.loads((folder / "user_ids.json").read_text())
+    user_ids = _read_json(folder / "user_ids.json")
     position = {str(u): i for i, u in enumerate(user_ids)}
     unknown = [u for u in users if str(u) not in position]
     if unknown:
         raise KeyError(f"unknown user id(s) {unknown}; known ids include {[str(u) for u in user_ids[:5]]} ({len(user_ids)} users)")
     titles_file = folder / "item_titles.json"
-    ids = json.loads((folder / "item_ids.json").read_text())
-    titles = dict(zip(map(str, ids), json.loads(titles_file.read_text()))) if titles_file.is_file() else {}
+    ids = _read_json(folder / "item_ids.json")
+    titles = dict(zip(map(str, ids), _read_json(titles_file))) if titles_file.is_file() else {}
     tower = load_user_tower(folder)
     vectors = []
     if users:
-        features = torch.load(folder / "user_features.pt", map_location="cpu", weights_only=True)
+        features = _read_tensors(folder / "user_features.pt")
+        short = {n: len(t) for n, t in features.items() if len(t) != len(user_ids)}
+        if short:
+            raise ExportError(f"{folder / 'user_features.pt'}: rows {short} for {len(user_ids)} user ids in user_ids.json; expected one row per user (export again)")
         rows = torch.as_tensor([position[str(u)] for u in users], dtype=torch.long)
         vectors.append(encode(tower, {n: t.index_select(0, rows) for n, t in features.items()}, len(rows)))
     if new_users:
@@ -237,7 +359,7 @@ def evaluate(path: str | os.PathLike, which: str = "best") -> tuple[dict[str, fl
                         enable_model_summary=False, **({"limit_test_batches": limit} if limit is not None else {}))  # fmt: skip
     trainer.test(module, datamodule=dm, verbose=False)
     results_file = run_dir_of(ckpt_path) / "results.json"
-    saved = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    saved = _read_json(results_file) if results_file.is_file() else {}
     return dict(module.test_metrics), {k: v for k, v in saved.items() if k.startswith("test/")}
 
 

@@ -368,8 +368,17 @@ class ItemIndex:
                 f"(this code reads version {FORMAT_VERSION}); rebuild the index"
             )
         kind, params = resolve_config({"kind": manifest.get("kind"), **manifest.get("params", {})})
-        ids = json.loads((folder / IDS_FILE).read_text())
-        index = faiss.read_index(str(folder / INDEX_FILE))
+        try:
+            ids = json.loads((folder / IDS_FILE).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{folder / IDS_FILE} is not valid JSON: {err}") from err
+        try:
+            index = faiss.read_index(str(folder / INDEX_FILE))
+        except RuntimeError as err:  # FAISS reports a short or corrupt file as a RuntimeError
+            raise ValueError(
+                f"{folder / INDEX_FILE}: cannot read the FAISS index ({str(err).strip().splitlines()[-1].strip()}); "
+                "expected the file ItemIndex.save wrote (is it truncated?)"
+            ) from err
         self = cls.__new__(cls)
         self.kind, self.params, self.index = kind, params, index
         self.dim = int(index.d)

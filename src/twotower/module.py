@@ -17,6 +17,7 @@ from twotower.distributed import gather_with_grad
 from twotower.frequency import StreamingFrequencyEstimator
 from twotower.losses import ScoredBatch
 from twotower.metrics import RankingAccumulator, rank_and_match
+from twotower.topk import BACKENDS, build_faiss_index, faiss_top_k, match_targets
 
 
 class RetrievalModule(L.LightningModule):
@@ -35,6 +36,7 @@ class RetrievalModule(L.LightningModule):
         config: dict | None = None,
         fitted_features: dict | None = None,
         frequency_estimator: StreamingFrequencyEstimator | None = None,
+        eval_backend: str = "torch",
     ):
         super().__init__()
         if not ks or min(ks) < 1:
@@ -49,6 +51,11 @@ class RetrievalModule(L.LightningModule):
         self.fitted_features = fitted_features or {}
         # The source of p for logq=streaming; fed the global batch every step, kept in checkpoints.
         self.frequency_estimator = frequency_estimator
+        if eval_backend not in BACKENDS:
+            raise ValueError(f"eval.backend={eval_backend!r}: expected one of {', '.join(BACKENDS)}")
+        # FAISS ranks only inner products; a model that scores pairs with a network keeps torch.
+        self.eval_backend = eval_backend if getattr(model, "factorizes", False) else "torch"
+        self._faiss_index = None
         self._item_vectors: torch.Tensor | None = None
         self._accumulator: RankingAccumulator | None = None
         self.test_metrics: dict[str, float] = {}
@@ -106,18 +113,26 @@ class RetrievalModule(L.LightningModule):
 
     def _start_eval(self) -> None:
         self._item_vectors = self._encode_catalogue()
+        if self.eval_backend == "faiss":
+            self._faiss_index = build_faiss_index(self._item_vectors)
         self._accumulator = RankingAccumulator(self.ks, self.item_counts.cpu())
 
     def _eval_step(self, batch: dict) -> None:
-        scores = self.model.score_matrix(self.model.encode_users(batch["user"]), self._item_vectors)  # [U, N]
-        topk, hits, num_targets = rank_and_match(
-            scores, batch["seen_rows"], batch["seen_items"], batch["target_rows"], batch["target_items"], max(self.ks)
-        )
+        user_vecs = self.model.encode_users(batch["user"])
+        k, num_items = max(self.ks), len(self._item_vectors)
+        if self._faiss_index is not None:
+            topk = faiss_top_k(user_vecs, self._faiss_index, batch["seen_rows"], batch["seen_items"], k, num_items)
+            hits, num_targets = match_targets(topk, batch["target_rows"].cpu(), batch["target_items"].cpu(), num_items)
+        else:
+            scores = self.model.score_matrix(user_vecs, self._item_vectors)  # [U, N]
+            topk, hits, num_targets = rank_and_match(
+                scores, batch["seen_rows"], batch["seen_items"], batch["target_rows"], batch["target_items"], k
+            )
         self._accumulator.add(topk, hits, num_targets, batch["warm"])
 
     def _end_eval(self, prefix: str) -> dict[str, float]:
         metrics = self._accumulator.compute(prefix)
-        self._item_vectors, self._accumulator = None, None
+        self._item_vectors, self._accumulator, self._faiss_index = None, None, None
         self.log_dict(metrics, sync_dist=False)
         return metrics
 

@@ -45,11 +45,14 @@ def safe_dirname(text: str, max_len: int = 180) -> str:
 
 
 def register_resolvers() -> None:
-    """``${run_id:}`` and ``${dirname:...}`` for ``conf/train.yaml``'s Hydra section."""
+    """``${run_id:}``, ``${dirname:...}`` and ``${first_set:...}`` for ``conf/train.yaml``'s Hydra section."""
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", new_run_id, use_cache=True)
     if not OmegaConf.has_resolver("dirname"):
         OmegaConf.register_new_resolver("dirname", safe_dirname)
+    if not OmegaConf.has_resolver("first_set"):
+        # `${first_set:${resume},default}`: a resumed run writes into its own directory.
+        OmegaConf.register_new_resolver("first_set", lambda given, default: given if given else default)
 
 
 def write_status(run_dir: Path, status: str, started: float, overrides: list[str], error: BaseException | None = None) -> None:

@@ -94,6 +94,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         config=config,
         fitted_features=data.fitted,
         frequency_estimator=getattr(datamodule.sampler, "frequency_estimator", None),
+        eval_backend=cfg.eval.backend,
     )
     log.info(
         "data %s: %d users, %d items, %d training examples; val %d users, test %d users",

@@ -184,8 +184,35 @@ def feature_columns(table: pd.DataFrame | None, ids: pd.Index, specs: list[Featu
             found = [] if table is None else list(table.columns)
             raise DataError(f"feature {spec.name!r} is declared but the {id_name[:-3]} table has no such column (found {found})")
         else:
-            frame[spec.name] = table[spec.name].reindex(ids).to_numpy()
+            values = table[spec.name].reindex(ids)
+            if spec.kind == "continuous":
+                _check_numeric(values, spec.name, id_name[:-3])
+            frame[spec.name] = values.to_numpy()
     return frame
+
+
+def _check_numeric(values: pd.Series, name: str, entity: str) -> None:
+    """A continuous feature's values (indexed by entity id) must be finite numbers or missing:
+    a word among numbers is a wrong type, not a missing value."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return
+    present = values.notna().to_numpy()
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
+        present = present & (text != "").to_numpy()
+        numbers = pd.to_numeric(text.where(text != ""), errors="coerce").to_numpy(dtype=np.float64)
+    bad = present & ~np.isfinite(numbers)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        count = int(bad.sum())
+        key, value = (v.item() if isinstance(v, np.generic) else v for v in (values.index[first], values.iloc[first]))
+        raise DataError(
+            f"continuous feature {name!r}: {entity} {key!r} has the value {value!r}, "
+            f"not a finite number; expected a number or an empty cell (missing) "
+            f"({count} {entity}{'s have' if count > 1 else ' has'} this problem, the first shown)"
+        )
 
 
 def fit_and_encode(

@@ -108,6 +108,11 @@ def training_histories(train: pd.DataFrame, positive: np.ndarray, max_len: int |
     return items.groupby(pos["user_id"], sort=False).agg(MULTI_VALUE_SEPARATOR.join)
 
 
+def _expects_validation(split_kind: str, val_ratio: float, data: InteractionData) -> bool:
+    """Whether the split was asked for a validation part (``val_ratio=0`` asks for none)."""
+    return data.predefined_split is not None or split_kind not in ("temporal", "random") or val_ratio > 0
+
+
 def prepare(
     data: InteractionData,
     user_specs: list[FeatureSpec],
@@ -118,6 +123,15 @@ def prepare(
     test_ratio: float = 0.1,
     seed: int = 0,
 ) -> PreparedData:
+    """Split ``data`` and turn it into tensors.
+
+    Refused (:class:`DataError`): a training split where no user has a positive (nothing to
+    learn), a test split without a positive, and a validation split without one unless none
+    was asked for (``val_ratio=0`` with a temporal or random split). A user with no training
+    interaction but positives in validation or test is a *cold* user: evaluated like the
+    others from their features (their ID maps to the unknown row), flagged ``warm=False`` in
+    the evaluation sets, and reported apart (``test/cold/...``, ``test/num_cold_users``).
+    """
     inter = data.interactions.reset_index(drop=True)
     is_pos = positive_mask(inter["rating"].to_numpy(dtype=np.float64), positive_threshold, data.name)
     if split_kind == "predefined" or data.predefined_split is not None:
@@ -146,7 +160,12 @@ def prepare(
         )
     train = splits["train"]
     if len(train.user) == 0 or not bool(train.positive.any()):
-        raise DataError(f"{data.name}: the training split has no positive interaction; check positive_threshold and the split")
+        # No user has training data: nothing to learn from. (Some users without any is normal: they are cold.)
+        raise DataError(
+            f"{data.name}: no user has a positive interaction in the training split ({len(train.user)} training "
+            f"interactions, positive_threshold={positive_threshold}); expected at least one; check "
+            "data.positive_threshold and the split"
+        )
 
     # Fit features on the entities seen in training only.
     train_user_rows = np.unique(train.user.numpy())
@@ -180,6 +199,12 @@ def prepare(
             seen_items=seen_items,
             warm=torch.as_tensor(warm[users]),
         )
+        if len(users) == 0 and (name == "test" or _expects_validation(split_kind, val_ratio, data)):
+            raise DataError(
+                f"{data.name}: the {name} split has no positive interaction ({len(splits[name].user)} {name} "
+                f"interactions, positive_threshold={positive_threshold}), so no user can be evaluated on it; "
+                "expected at least one; check data.positive_threshold and the split ratios"
+            )
         # For test, validation interactions are seen too.
         seen_u = np.concatenate([seen_u, splits["val"].user.numpy()])
         seen_i = np.concatenate([seen_i, splits["val"].item.numpy()])

@@ -14,6 +14,7 @@ entirely empty are skipped.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import time
@@ -104,18 +105,50 @@ def _read(path: str, usecols: list[str]) -> _Table:
         table = _Table(path, frame.reset_index(drop=True), places, "row", text=False)
     else:
         try:
+            header = [str(c) for c in pd.read_csv(path, sep=sep, nrows=0, dtype=str).columns]
+            # The header's last column is read too: a line cut short (a truncated file) leaves it empty.
+            columns = list(dict.fromkeys([*usecols, header[-1]])) if header else list(usecols)
             frame = pd.read_csv(
-                path, sep=sep, usecols=usecols, dtype=str, keep_default_na=False, skip_blank_lines=False
+                path, sep=sep, usecols=columns, dtype=str, keep_default_na=False, skip_blank_lines=False
             )
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
             raise DataError(f"{path}: cannot parse ({error}); expected one record per line") from error
-        frame = frame[usecols]
         places = np.arange(2, len(frame) + 2)
         blank = (frame == "").all(axis=1).to_numpy() if len(frame.columns) else np.zeros(len(frame), bool)
+        if len(header) > 1:
+            # pandas pads a line with too few fields with empty values: look at the lines that may be one.
+            _check_field_counts(path, sep, len(header), places[(frame[header[-1]] == "").to_numpy() & ~blank])
+        frame = frame[usecols]
         table = _Table(path, frame[~blank].reset_index(drop=True), places[~blank], "line", text=True)
     if len(table.frame) == 0:
         raise DataError(f"{path}: empty file (no data rows); expected at least one row after the header")
     return table
+
+
+def _check_field_counts(path: str, sep: str, width: int, lines: np.ndarray) -> None:
+    """Raise if any of ``lines`` (1-based physical line numbers) has fewer than ``width`` fields:
+    a line cut short, as the last line of a truncated file is. (A file cut inside its last
+    field cannot be told from a complete one.)"""
+    if len(lines) == 0:
+        return
+    wanted, last = set(lines.tolist()), int(lines.max())
+    short = []
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        for number, line in enumerate(f, start=1):
+            if number in wanted:
+                text = line.rstrip("\r\n")
+                fields = text.count(sep) + 1 if '"' not in text else len(next(csv.reader([text], delimiter=sep), []))
+                if fields < width:
+                    short.append((number, fields))
+            if number >= last:
+                break
+    if short:
+        number, fields = short[0]
+        many = "1 line has this problem" if len(short) == 1 else f"{len(short)} lines have this problem, the first shown"
+        raise DataError(
+            f"{path}: line {number} has {fields} field(s) but the header has {width}; expected every line to have "
+            f"{width} fields (is the file truncated, or a line cut short?) ({many})"
+        )
 
 
 def _show(value) -> str:
@@ -429,10 +462,12 @@ def load_tables(
             if absent.any():
                 first = np.flatnonzero(absent)[0]
                 what = key.replace("_", " ")
+                n_ids = int(frame[key][absent].nunique())
                 raise DataError(
                     f"{table.path}: column '{getattr(names, key)}', {table.unit} {table.places[first]}: "
                     f"{what} {_show(frame[key].iloc[first])} is not in the {owner} table {tables[owner].path}; "
-                    f"expected every {what} to have a row there ({_count(int(absent.sum()))})"
+                    f"expected every {what} to have a row there ({_count(int(absent.sum()))}; "
+                    f"{n_ids} distinct {what}{'s are' if n_ids > 1 else ' is'} missing from that table)"
                 )
 
     frames = {role: frame for role, (_, frame, _) in parts.items()}
