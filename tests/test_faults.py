@@ -45,24 +45,42 @@ def test_metrics(run_dir: Path) -> dict[str, float]:
 test_metrics.__test__ = False  # a helper, not a test
 
 
+# Hard negatives mined once, at the start of epoch 1: a run resumed in epoch 2 must sample
+# from the window kept in the checkpoint (no mining is due then).
+HARD = ["sampler=hard", "sampler.warmup_epochs=1", "sampler.refresh_every=5", "sampler.lo=5", "sampler.hi=50"]
+CONFIGS = {"streaming": RUN, "hard": [o for o in RUN if not o.startswith("sampler.")] + HARD}
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict[str, float]:
-    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    done = run(["-m", "twotower.train", f"hydra.run.dir={run_dir}", *RUN])
-    assert done.returncode == 0, done.stderr[-2000:]
-    return test_metrics(run_dir)
+def uninterrupted(tmp_path_factory):
+    """Test metrics of the uninterrupted run of each config, computed once."""
+    cache: dict[str, dict[str, float]] = {}
+
+    def metrics(config: str) -> dict[str, float]:
+        if config not in cache:
+            run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+            done = run(["-m", "twotower.train", f"hydra.run.dir={run_dir}", *CONFIGS[config]])
+            assert done.returncode == 0, done.stderr[-2000:]
+            cache[config] = test_metrics(run_dir)
+        return cache[config]
+
+    return metrics
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["train_step:8", "validation:1", "checkpoint:3"])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, fault):
+@pytest.mark.parametrize(
+    "config,fault",
+    [("streaming", "train_step:8"), ("streaming", "validation:1"), ("streaming", "checkpoint:3"), ("hard", "train_step:14")],
+)
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, config, fault):
     run_dir = tmp_path / "run"
-    killed = run([str(HERE / "fault_injection.py"), str(run_dir), fault, *RUN])
+    killed = run([str(HERE / "fault_injection.py"), str(run_dir), fault, *CONFIGS[config]])
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: no clean-up ran
     assert not (run_dir / "results.json").exists()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["epoch"] == 0  # the last complete checkpoint: epoch 0's
+    expected_epoch = 1 if fault == "train_step:14" else 0  # the last complete checkpoint
+    assert torch.load(last, weights_only=True)["epoch"] == expected_epoch
     if fault.startswith("checkpoint"):
         assert list((run_dir / "checkpoints").glob(".*.tmp-*"))  # the killed write's leftover
 
@@ -73,9 +91,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted,
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "completed" and "resume=" not in " ".join(status["overrides"])
     # Same machine, same threads: equal to float precision (tolerance 1e-6).
-    got = test_metrics(run_dir)
-    assert got.keys() == uninterrupted.keys()
-    for name, value in uninterrupted.items():
+    got, expected = test_metrics(run_dir), uninterrupted(config)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
         assert got[name] == pytest.approx(value, abs=1e-6), name
 
 

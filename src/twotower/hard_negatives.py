@@ -214,6 +214,16 @@ class HardNegativeMiner(L.Callback):
         self.chunk = chunk
         self.last_mining_seconds: float | None = None
 
+    # Lightning keeps a callback's state in checkpoints: a resumed run samples from the
+    # window mined before the interruption, not from none until the next refresh.
+    def state_dict(self) -> dict:
+        mined = getattr(self.sampler, "mined", None)
+        return {} if mined is None else {"mined": mined}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "mined" in state:
+            self.sampler.update(state["mined"])
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sampler = self.sampler
         sampler.epoch = trainer.current_epoch

@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from twotower.callbacks import StopOnNonFiniteLoss
 from twotower.checkpoints import AtomicCheckpointIO, resume_checkpoint
-from twotower.config import CONFIG_DIR, ConfigError, build, check_loss_sampler, load_dotenv_file, resolved_config, resumed_config
+from twotower.config import CONFIG_DIR, ConfigError, build, check_eval_ks, check_loss_sampler, load_dotenv_file, resolved_config, resumed_config
 from twotower.data.datamodule import RetrievalDataModule
+from twotower.data.schema import DataError
 from twotower.distributed import configured_world_size, is_main_process, relaunches_command, split_evenly
 from twotower.loggers import build_loggers, finish_wandb, log_summary, redact_secrets
 from twotower.module import RetrievalModule
@@ -76,6 +77,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     model_trainable = cfg.model.optimizer is not None
     datamodule = build_datamodule(cfg, train_on=loss.trains_on if model_trainable else "positives")
     datamodule.setup("fit")
+    check_eval_ks(cfg.eval.ks, datamodule.data.num_items)
     labels = run_labels(cfg)
     if model_trainable:
         check_loss_sampler(loss, datamodule.sampler, labels)
@@ -112,9 +114,11 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
             filename="best",
             monitor=cfg.eval.monitor,
             mode=cfg.eval.mode,
-            save_last=True,
         )
-        callbacks.append(checkpoint)
+        # last.ckpt after every validation, improved or not: what a killed run resumes from.
+        # After `checkpoint` in the list, so it holds that callback's update of the same epoch.
+        latest = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", monitor=None)
+        callbacks += [checkpoint, latest]
         if cfg.eval.patience is not None:
             callbacks.append(
                 L.pytorch.callbacks.EarlyStopping(monitor=cfg.eval.monitor, mode=cfg.eval.mode, patience=cfg.eval.patience)
@@ -196,6 +200,10 @@ def run_task(cfg: DictConfig) -> float | None:
         if multirun:
             log.exception("job failed (recorded in %s); the sweep goes on", run_dir / "status.json")
             return float("nan")  # a search sweeper records the trial as failed and goes on
+        if isinstance(err, (ConfigError, DataError)):
+            # Bad input: the message says what to fix; a traceback would only bury it.
+            print(f"twotower-train: error: {err}", file=sys.stderr)
+            sys.exit(2)
         raise
     write_status(run_dir, "completed", started, overrides)
     return metrics.get(f"best/{cfg.eval.monitor}", metrics.get(cfg.eval.monitor))

@@ -9,7 +9,12 @@ the message names the file, the column, the first offending place (``line N``
 for CSV/TSV, counting the header as line 1; ``row N`` for Parquet, 1-based),
 what was expected and how many rows share the problem. Line numbers assume one
 record per physical line (no line breaks inside quoted fields). Lines that are
-entirely empty are skipped.
+entirely empty are skipped; a line with fewer fields than the header (the last line
+of a truncated file) is refused, though a file cut inside its very last field cannot
+be told from a complete one.
+
+Rows may come in any order: timestamps need not increase down the file (splits and
+histories order by timestamp), but each must lie between 1970-01-01 and a day from now.
 """
 
 from __future__ import annotations
