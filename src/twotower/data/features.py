@@ -153,10 +153,17 @@ def encode_feature(fitted: dict, values: pd.Series) -> dict[str, torch.Tensor]:
     if kind in POOLED_KINDS:
         index = pd.Index(fitted["vocab"])
         rows = _split_multi(values)
-        out = np.zeros((len(rows), fitted["max_len"]), dtype=np.int64)
-        for i, row in enumerate(rows):  # one pass over entities at set-up, not per batch
-            codes = index.get_indexer(row[: fitted["max_len"]]) + 1
-            out[i, : len(codes)] = codes
+        max_len = fitted["max_len"]
+        kept = [row[:max_len] for row in rows]
+        lengths = np.fromiter((len(row) for row in kept), dtype=np.int64, count=len(kept))
+        # One vocabulary lookup for all entities' values at once (a lookup per entity took
+        # minutes on a 1M-item catalogue), then each code goes to (entity, position).
+        flat = [v for row in kept for v in row]
+        codes = index.get_indexer(flat) + 1 if flat else np.zeros(0, dtype=np.int64)
+        entity = np.repeat(np.arange(len(kept)), lengths)
+        position = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out = np.zeros((len(rows), max_len), dtype=np.int64)
+        out[entity, position] = codes
         return {name: torch.as_tensor(out)}
     x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
     missing = ~np.isfinite(x)
