@@ -4,6 +4,7 @@ The 2-process runs happen in a subprocess with a timeout (tests/ddp_equivalence.
 Lightning's ddp_spawn over gloo): a hung rank fails the test instead of stalling the suite.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -78,14 +79,20 @@ def test_which_strategies_rerun_the_command(monkeypatch):
     assert relaunches_command("auto")  # every rank started by torchrun runs the command
 
 
-def test_ddp_cpu_run_writes_one_result_and_keeps_the_estimator(tmp_path, tiny_overrides):
-    """`trainer=ddp_cpu` end to end (2 spawned processes, gloo), streaming logQ: the test
-    metrics come back to the main process and the checkpoint holds the estimator's state."""
-    run_dir = tmp_path / "run"
-    cfg = compose_config(tiny_overrides + ["trainer=ddp_cpu", "sampler.logq=streaming", "data.batch_size=64"], output_dir=run_dir)
-    metrics = train(cfg)
-    assert metrics["test/recall@10"] >= 0 and (run_dir / "results.json").exists()
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["frequency_estimator"]
+def test_ddp_cpu_run_writes_one_result_and_keeps_the_estimator(tmp_path):
+    """`twotower-train trainer=ddp_cpu` end to end (2 spawned processes, gloo), streaming
+    logQ: one run directory, the test metrics come back to the main process, and the
+    checkpoint holds the estimator's state. In a subprocess with a timeout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TWOTOWER_LOG_DIR": str(tmp_path), "WANDB_MODE": "disabled"}
+    command = [
+        sys.executable, "-m", "twotower.train", "trainer=ddp_cpu", "sampler.logq=streaming", "data.batch_size=64",
+        "debug=fast", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = tmp_path.glob("train/runs/*")
+    assert json.loads((run_dir / "results.json").read_text())["test/recall@10"] >= 0
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["frequency_estimator"]
     assert state["step"] == 3  # debug=fast: 3 training steps, each fed to the estimator once
 
 

@@ -70,6 +70,12 @@ class PreparedData:
         return len(self.item_ids)
 
 
+def present(ids: np.ndarray, size: int) -> np.ndarray:
+    """The sorted distinct values of dense ids in ``[0, size)`` (``np.unique``, in linear
+    time: a hash-based unique over 10M ids took seconds)."""
+    return np.flatnonzero(np.bincount(ids, minlength=size))
+
+
 def _csr(owner: np.ndarray, values: np.ndarray, rows: np.ndarray, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Group ``values`` by ``owner`` for the owners listed in ``rows``.
 
@@ -171,8 +177,8 @@ def prepare(
         )
 
     # Fit features on the entities seen in training only.
-    train_user_rows = np.unique(train.user.numpy())
-    train_item_rows = np.unique(train.item.numpy())
+    train_user_rows = present(train.user.numpy(), len(user_ids))
+    train_item_rows = present(train.item.numpy(), len(item_ids))
     user_frame = feature_columns(data.users, user_ids, user_specs, "user_id")
     for spec in user_specs:
         if spec.kind == "history":
@@ -191,7 +197,7 @@ def prepare(
     seen_u, seen_i = train.user.numpy(), train.item.numpy()
     for name in ("val", "test"):
         targets = splits[name].positives()
-        users = np.unique(targets.user.numpy())
+        users = present(targets.user.numpy(), len(user_ids))
         target_ptr, target_items = _csr(targets.user.numpy(), targets.item.numpy(), users, len(user_ids))
         seen_ptr, seen_items = _csr(seen_u, seen_i, users, len(user_ids))
         eval_sets[name] = EvalSet(
