@@ -50,3 +50,31 @@ def test_match_targets_by_hand():
     assert n.tolist() == [2, 1]
     hits, n = match_targets(topk, torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), 10)
     assert not hits.any() and n.tolist() == [0, 0]
+
+
+def test_choose_backend():
+    from twotower.topk import choose_backend
+
+    assert choose_backend("auto", True, 1_000_000, on_gpu=False) == "faiss"
+    assert choose_backend("auto", True, 1_000_000, on_gpu=True) == "torch"
+    assert choose_backend("auto", True, 1_682, on_gpu=False) == "torch"
+    assert choose_backend("faiss", False, 1_000_000, on_gpu=False) == "torch"  # a network scores pairs
+    with pytest.raises(ValueError, match="expected auto, torch or faiss"):
+        choose_backend("fast", True, 10, on_gpu=False)
+
+
+def test_faiss_groups_give_the_same_ranking_as_one_search():
+    users, items, rows, cols, expected = problem(seed=4)
+    index = build_faiss_index(items)
+    for group_size in (1, 7, 256):
+        assert faiss_top_k(users, index, rows, cols, K, NUM_ITEMS, group_size=group_size).tolist() == expected
+
+
+def test_training_run_with_the_faiss_backend_matches_torch(tmp_path, tiny_overrides):
+    from twotower.config import compose_config
+    from twotower.train import train
+
+    runs = {b: train(compose_config(tiny_overrides + [f"eval.backend={b}"], output_dir=tmp_path / b)) for b in ("torch", "faiss")}
+    for name, value in runs["torch"].items():
+        if name.startswith("test/"):
+            assert runs["faiss"][name] == pytest.approx(value, abs=1e-6), name

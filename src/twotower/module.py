@@ -52,9 +52,10 @@ class RetrievalModule(L.LightningModule):
         # The source of p for logq=streaming; fed the global batch every step, kept in checkpoints.
         self.frequency_estimator = frequency_estimator
         if eval_backend not in BACKENDS:
-            raise ValueError(f"eval.backend={eval_backend!r}: expected one of {', '.join(BACKENDS)}")
-        # FAISS ranks only inner products; a model that scores pairs with a network keeps torch.
-        self.eval_backend = eval_backend if getattr(model, "factorizes", False) else "torch"
+            raise ValueError(f"eval_backend={eval_backend!r}: expected one of {', '.join(BACKENDS)}")
+        if eval_backend == "faiss" and not getattr(model, "factorizes", False):
+            raise ValueError("eval.backend=faiss ranks inner products; this model scores pairs with a network")
+        self.eval_backend = eval_backend
         self._faiss_index = None
         self._item_vectors: torch.Tensor | None = None
         self._accumulator: RankingAccumulator | None = None

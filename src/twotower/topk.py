@@ -25,27 +25,54 @@ def torch_top_k(
 
 
 def faiss_top_k(
-    user_vecs: torch.Tensor, index, seen_rows: torch.Tensor, seen_items: torch.Tensor, k: int, num_items: int
+    user_vecs: torch.Tensor,
+    index,
+    seen_rows: torch.Tensor,
+    seen_items: torch.Tensor,
+    k: int,
+    num_items: int,
+    group_size: int = 256,
 ) -> torch.Tensor:
     """As :func:`torch_top_k`, searching a FAISS inner-product ``index`` over the
-    catalogue: asks for ``k`` plus the chunk's largest number of seen items, drops
-    the seen ones and keeps the first ``k`` left (so every user gets ``k`` unseen
-    items whenever the catalogue has them). Returns a CPU tensor."""
+    catalogue. Each user needs ``k`` plus its number of seen items from the search (the
+    seen ones are dropped afterwards), and FAISS's cost grows with the number asked
+    for: users are searched in groups of ``group_size`` with similar counts, each
+    group asking for ``k`` plus its own largest count. Returns a CPU tensor."""
     k = min(k, num_items)
+    seen_rows, seen_items = seen_rows.cpu(), seen_items.cpu()
     seen_per_user = torch.bincount(seen_rows, minlength=len(user_vecs))
-    wanted = min(num_items, k + int(seen_per_user.max()) if len(seen_rows) else k)
     queries = np.ascontiguousarray(user_vecs.detach().float().cpu().numpy())
-    scores, items = index.search(queries, wanted)
-    scores, items = torch.from_numpy(scores), torch.from_numpy(items)
-    if len(seen_rows):
-        seen_keys = torch.sort(seen_rows.cpu() * num_items + seen_items.cpu()).values
-        keys = torch.arange(len(items))[:, None] * num_items + items.clamp_min(0)
-        at = torch.searchsorted(seen_keys, keys).clamp_max(len(seen_keys) - 1)
-        scores = scores.masked_fill(seen_keys[at] == keys, float("-inf"))
-    scores = scores.masked_fill(items < 0, float("-inf"))  # FAISS pads with -1 when it runs out
-    # Results come sorted by score; a stable sort keeps that order among the unseen ones.
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    return items.gather(1, order).long()
+    seen_keys = torch.sort(seen_rows * num_items + seen_items).values
+    out = torch.empty(len(user_vecs), k, dtype=torch.long)
+    order = torch.argsort(seen_per_user, stable=True)
+    for start in range(0, len(order), group_size):
+        group = order[start : start + group_size]
+        wanted = min(num_items, k + int(seen_per_user[group].max()))
+        scores, items = index.search(queries[group.numpy()], wanted)
+        scores, items = torch.from_numpy(scores), torch.from_numpy(items)
+        if len(seen_keys):
+            keys = group[:, None] * num_items + items.clamp_min(0)
+            at = torch.searchsorted(seen_keys, keys).clamp_max(len(seen_keys) - 1)
+            scores = scores.masked_fill(seen_keys[at] == keys, float("-inf"))
+        scores = scores.masked_fill(items < 0, float("-inf"))  # FAISS pads with -1 when it runs out
+        # Results come sorted by score; a stable sort keeps that order among the unseen ones.
+        best = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+        out[group] = items.gather(1, best).long()
+    return out
+
+
+def choose_backend(requested: str, factorizes: bool, num_items: int, on_gpu: bool, min_items: int = 100_000) -> str:
+    """``auto``: FAISS for an inner-product model on CPU with a large catalogue (there it
+    is faster than a matmul and ``topk``: docs/BENCHMARKS.md), torch otherwise (GPUs;
+    small catalogues, where both take milliseconds). A model that scores pairs with a
+    network always uses torch."""
+    if requested not in BACKENDS + ("auto",):
+        raise ValueError(f"eval.backend={requested!r}: expected auto, torch or faiss")
+    if not factorizes:
+        return "torch"
+    if requested == "auto":
+        return "faiss" if not on_gpu and num_items >= min_items else "torch"
+    return requested
 
 
 def build_faiss_index(item_vecs: torch.Tensor):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +29,7 @@ from twotower.loggers import build_loggers, finish_wandb, log_summary, redact_se
 from twotower.module import RetrievalModule
 from twotower.report import format_table, write_results
 from twotower.runs import LAST_SWEEP, read_status, register_resolvers, run_labels, sweep_name, write_status
+from twotower.topk import choose_backend
 
 log = logging.getLogger("twotower")
 
@@ -87,6 +89,10 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         datamodule.save_artifacts(run_dir)
     data = datamodule.data
     model = build(cfg.model.net)(data)
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+    eval_backend = choose_backend(cfg.eval.backend, getattr(model, "factorizes", False), data.num_items, on_gpu)
+    if eval_backend == "faiss":
+        datamodule.max_eval_scores = None  # FAISS never holds users x items scores: larger user chunks
     module = RetrievalModule(
         model=model,
         loss=loss if model_trainable else None,
@@ -96,7 +102,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         config=config,
         fitted_features=data.fitted,
         frequency_estimator=getattr(datamodule.sampler, "frequency_estimator", None),
-        eval_backend=cfg.eval.backend,
+        eval_backend=eval_backend,
     )
     log.info(
         "data %s: %d users, %d items, %d training examples; val %d users, test %d users",

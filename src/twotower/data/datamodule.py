@@ -76,7 +76,8 @@ class EvalBatches(IterableDataset):
 
     def __init__(self, dm: "RetrievalDataModule", split: str):
         self.dm, self.split = dm, split
-        self.chunk = max(1, min(dm.eval_batch_size, MAX_EVAL_SCORES // max(1, dm.data.num_items)))
+        bound = dm.eval_batch_size if dm.max_eval_scores is None else dm.max_eval_scores // max(1, dm.data.num_items)
+        self.chunk = max(1, min(dm.eval_batch_size, bound))
 
     def __len__(self) -> int:
         n = len(self.dm.data.eval_sets[self.split].users)
@@ -134,6 +135,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.train_on = train_on
         self.seed = seed
         self.cross_device_negatives = cross_device_negatives
+        self.max_eval_scores: int | None = MAX_EVAL_SCORES  # None: the ranking backend bounds its own memory
         self.epoch = 0
         self.data: PreparedData | None = None
 
