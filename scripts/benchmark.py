@@ -34,13 +34,16 @@ eval      Exact full ranking. ML-100K: the platform's ``trainer.test`` (untraine
           ``--eval-items`` x ``--eval-dim`` (100k x 1M x 64), ~``--eval-seen`` seen items per user;
           the platform's ``torch_top_k``, ``rank_and_match`` (what ``trainer.test`` runs for the
           torch backend) and ``faiss_top_k`` in chunks of ``MAX_EVAL_SCORES // num_items`` users,
-          next to raw FAISS ``IndexFlatIP.search(users, k)`` in one call. Timed over the first
-          ``--eval-users`` users (``--eval-full``: all); every method in a fresh process, so each
-          has its own peak memory.
+          next to raw FAISS ``IndexFlatIP.search(users, k)`` in one call. ``*_blas``: the same
+          with ``faiss.cvar.distance_compute_blas_threshold = 1`` (FAISS 1.15 defaults to 128000
+          queries, below which it scores query by query without BLAS). Timed over the first
+          ``--eval-users`` users (``--eval-full``: all) and extrapolated to all; every method in a
+          fresh process, so each has its own peak memory.
 memory    Peak RSS of training and of evaluation at each scale, each in a fresh process
           (this script re-invoked with a hidden ``--worker`` flag): RSS once the data is loaded,
           peak RSS during the measured work (VmHWM, reset through /proc/self/clear_refs), the
-          difference (peak extra) and the process's lifetime peak (``ru_maxrss`` from wait4).
+          difference (peak extra) and the process's own peak (VmHWM before the reset; not
+          ``ru_maxrss``, which on Linux carries the parent's peak RSS into a fork+exec'd child).
 startup   Wall time from launching ``python -c`` (which runs the real console entry
           ``twotower.train.main()`` with Hydra command-line overrides, after wrapping
           ``twotower.train.train`` so that it adds one callback) to the end of the first training
@@ -87,7 +90,10 @@ CONFIGS = {
     "pointwise": ("two_tower pointwise in-batch 1:3", ["loss=pointwise", "sampler=in_batch"]),
 }
 SAMPLERS = ("in_batch", "uniform", "popularity", "mixed", "exposed_unclicked", "hard")
-EVAL_METHODS = ("torch_top_k", "rank_and_match", "faiss_top_k", "faiss_raw")
+# *_blas: the same with faiss.cvar.distance_compute_blas_threshold = 1 (FAISS 1.15's default, 128000
+# queries, keeps every search of fewer queries on its non-BLAS path, about 10x slower here).
+EVAL_METHODS = ("torch_top_k", "rank_and_match", "faiss_top_k", "faiss_top_k_blas", "faiss_raw", "faiss_raw_blas")
+RAW_FAISS = ("faiss_raw", "faiss_raw_blas")
 NOISE = (".*does not have many workers", ".*LeafSpec", ".*`IterableDataset` has `__len__`", ".*no `val_dataloader`")
 T0 = time.perf_counter()
 
@@ -153,6 +159,8 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         self.before = rss_mb()
+        hwm = _status_kb("VmHWM")
+        self.hwm_before = None if hwm is None else hwm / 1024  # this process's peak so far
         self.reset = reset_peak_rss()
         return self
 
@@ -163,8 +171,11 @@ class PeakMemory:
 
     def as_dict(self) -> dict:
         extra = None if self.before is None else self.peak - self.before
-        return {"rss_before_mb": self.before, "peak_mb": self.peak, "peak_extra_mb": extra,
-                "rss_after_mb": self.after, "peak_is_phase_only": self.reset}  # fmt: skip
+        # VmHWM of this process, not ru_maxrss: after fork + exec Linux carries the parent's peak
+        # RSS into the child's ru_maxrss.
+        lifetime = max(self.peak, self.hwm_before or 0.0)
+        return {"rss_before_mb": self.before, "peak_mb": self.peak, "peak_extra_mb": extra, "rss_after_mb": self.after,
+                "peak_is_phase_only": self.reset, "process_peak_mb": lifetime}  # fmt: skip
 
 
 def cpu_model() -> str:
@@ -847,9 +858,10 @@ def section_eval(ctx: Context) -> dict:
                      f"peak extra {fmt(res['memory']['peak_extra_mb'], ',.0f')} MB")  # fmt: skip
             ctx.results["eval"] = out
         methods = out["synthetic"]["methods"]
-        if "faiss_raw" in methods:
-            for m, r in methods.items():
-                r["ratio_to_faiss_raw"] = r["scores_per_s"] / methods["faiss_raw"]["scores_per_s"]
+        for raw in RAW_FAISS:
+            if raw in methods:
+                for r in methods.values():
+                    r[f"ratio_to_{raw}"] = r["scores_per_s"] / methods[raw]["scores_per_s"]
     return out
 
 
@@ -864,13 +876,14 @@ def print_eval(res: dict) -> None:
         for m, r in res["synthetic"]["methods"].items():
             mem = r["memory"]
             rows.append([m, f"{r['users']:,}", fmt(r.get("build_s"), ".2f"), fmt(r["seconds"], ".2f"),
-                         fmt(r["scores_per_s"]), fmt(r.get("ratio_to_faiss_raw"), ".2f"), fmt(r["extrapolated_all_users_s"], ",.0f"),
+                         fmt(r["scores_per_s"]), fmt(r.get("ratio_to_faiss_raw"), ".2f"), fmt(r.get("ratio_to_faiss_raw_blas"), ".2f"),
+                         fmt(r["extrapolated_all_users_s"], ",.0f"),
                          fmt(mem["peak_extra_mb"], ",.0f"), fmt(r["rss_data_mb"], ",.0f")])  # fmt: skip
         print(table(f"eval [synthetic vectors]: {s['total_users']:,} users x {s['items']:,} items x {s['dim']} dims "
                     f"({s['clusters']} clusters), mean {s['seen_mean']} seen items per user, top {s['k']}; timed over "
-                    f"{s['users']:,} users; chunks of {s['chunk']} users (MAX_EVAL_SCORES // items); ratio = scores/s / "
-                    f"raw FAISS scores/s (target >= 0.7); {s['threads']} threads",
-                    ["method", "users", "build s", "search s", "scores/s", "ratio", f"s for {s['total_users']:,} (extrap.)",
+                    f"{s['users']:,} users; chunks of {s['chunk']} users (MAX_EVAL_SCORES // items); ratios = scores/s / "
+                    f"raw FAISS scores/s, FAISS defaults / BLAS path forced (target >= 0.7); {s['threads']} threads",
+                    ["method", "users", "build s", "search s", "scores/s", "/ raw", "/ raw_blas", f"s for {s['total_users']:,} (extrap.)",
                      "peak extra MB", "RSS data MB"], rows))  # fmt: skip
         for m, r in res["synthetic"]["methods"].items():
             print(f"  {m}: {r['how']}")
@@ -1048,23 +1061,20 @@ def child_env(ctx: Context) -> dict:
 
 
 def run_worker(ctx: Context, kind: str, params: dict, label: str) -> dict:
-    """Run ``kind`` in a fresh process; returns its result with the kernel's view of its peak
-    RSS (``ru_maxrss`` from ``wait4``) and its wall time."""
+    """Run ``kind`` in a fresh process; returns its result and its wall time."""
     args_path = tempfile.mktemp(suffix=".json", dir=ctx.out_dir)
     out_path = tempfile.mktemp(suffix=".json", dir=ctx.out_dir)
     with open(args_path, "w") as f:
         json.dump(params, f)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--worker-args", args_path, "--worker-out", out_path]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=child_env(ctx))
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run(cmd, env=child_env(ctx))
     wall = time.perf_counter() - start
     if proc.returncode != 0 or not os.path.exists(out_path):
         raise BenchmarkError(f"{label}: the worker process ({kind}) failed with exit status {proc.returncode} (see its output above)")
     with open(out_path) as f:
         res = json.load(f)
-    res.update(lifetime_peak_mb=usage.ru_maxrss / 1024, process_wall_s=wall)
+    res.update(lifetime_peak_mb=res["memory"]["process_peak_mb"], process_wall_s=wall)
     return res
 
 
@@ -1079,6 +1089,10 @@ def worker_vectors(p: dict) -> dict:
     from twotower.topk import build_faiss_index, faiss_top_k, torch_top_k
 
     faiss.omp_set_num_threads(p["threads"])
+    default_blas_threshold = faiss.cvar.distance_compute_blas_threshold
+    method, blas = p["method"].removesuffix("_blas"), p["method"].endswith("_blas")
+    if blas:
+        faiss.cvar.distance_compute_blas_threshold = 1  # every search through BLAS (sgemm, then heaps)
     rng = np.random.default_rng(p["seed"])
     n_items, n_users, dim, clusters = p["items"], p["total_users"], p["dim"], p["clusters"]
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)
@@ -1116,7 +1130,7 @@ def worker_vectors(p: dict) -> dict:
         lengths = ptr[start + 1 : stop + 1] - ptr[start:stop]
         return torch.repeat_interleave(torch.arange(stop - start), lengths), values[ptr[start] : ptr[stop]]
 
-    users, chunk, k, method = p["users"], p["chunk"], p["k"], p["method"]
+    users, chunk, k = p["users"], p["chunk"], p["k"]
     chunks = [(s, min(s + chunk, users)) for s in range(0, users, chunk)]
     rss_data = rss_mb()
     index = None
@@ -1163,7 +1177,9 @@ def worker_vectors(p: dict) -> dict:
            "rank_and_match": f"score_matrix + twotower.metrics.rank_and_match per chunk of {chunk} users (trainer.test, torch)",
            "faiss_top_k": f"build_faiss_index + twotower.topk.faiss_top_k per chunk of {chunk} users (trainer.test, faiss)",
            "faiss_raw": f"faiss.IndexFlatIP.search(all {users:,} users, {k}) in one call, no masking"}[method]  # fmt: skip
-    return {"method": method, "how": how, "users": users, "items": n_items, "dim": dim, "k": k, "chunk": chunk,
+    how += (f"; distance_compute_blas_threshold {faiss.cvar.distance_compute_blas_threshold}" if blas else
+            f"; FAISS defaults (distance_compute_blas_threshold {default_blas_threshold})" if "faiss" in method else "")  # fmt: skip
+    return {"method": p["method"], "how": how, "faiss_blas_threshold": faiss.cvar.distance_compute_blas_threshold, "users": users, "items": n_items, "dim": dim, "k": k, "chunk": chunk,
             "seconds": sec, "seconds_all": times, "build_s": build_s, "scores_per_s": users * n_items / sec,
             "extrapolated_all_users_s": sec * n_users / users, "memory": mem.as_dict(), "rss_data_mb": rss_data,
             "seen_per_user_mean": float(len(seen_items)) / n_users, "seen_per_user_max": int(torch.diff(seen_ptr).max()),
@@ -1286,7 +1302,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--synthetic-interactions", type=positive_int, default=None, help="data.source.num_interactions (default 10,000,000; --quick 100,000)")
     g.add_argument("--eval-items", type=positive_int, default=None, help="catalogue of the synthetic ranking benchmark (default --synthetic-items)")
     g.add_argument("--eval-total-users", type=positive_int, default=None, help="users with vectors (default 100,000; --quick 5,000)")
-    g.add_argument("--eval-users", type=positive_int, default=None, help="users timed, a prefix of them (default 10,000; --quick 1,000)")
+    g.add_argument("--eval-users", type=positive_int, default=None, help="users timed, a prefix of them (default 2,048; --quick 1,000)")
     g.add_argument("--eval-full", action="store_true", help="time all --eval-total-users users (the full 100k x 1M)")
     g.add_argument("--eval-dim", type=positive_int, default=64, help="vector dimension (default 64)")
     g.add_argument("--eval-seen", type=positive_int, default=100, help="mean seen (masked) items per user (default 100; --quick 20)")
@@ -1313,7 +1329,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     default("synthetic_interactions", 10_000_000, 100_000)
     default("eval_items", args.synthetic_items, args.synthetic_items)
     default("eval_total_users", 100_000, 5_000)
-    default("eval_users", 10_000, 1_000)
+    default("eval_users", 2_048, 1_000)
     default("mem_eval_chunks", 10, 2)
     default("memory_configs", ["in_batch", "uniform", "mc"], ["in_batch"])
     if q and args.eval_seen == 100:
@@ -1364,6 +1380,7 @@ def main(argv=None) -> int:
         import faiss
 
         env["faiss_threads"] = faiss.omp_get_max_threads()
+        env["faiss_distance_compute_blas_threshold"] = faiss.cvar.distance_compute_blas_threshold
     except ImportError:
         pass
     settings = {k: v for k, v in vars(args).items() if not k.startswith("worker")}

@@ -525,32 +525,12 @@ def generate_synthetic(
     )
 
 
-def load_synthetic(
-    num_users: int = 5_000,
-    num_items: int = 2_000,
-    num_interactions: int = 100_000,
-    dim: int = 32,
-    num_topics: int = 20,
-    zipf_exponent: float = 1.0,
-    temperature: float = 0.25,
-    user_noise: float = 1.0,
-    feature_noise: float = 0.2,
-    min_user_interactions: int = 5,
-    ratings: bool = True,
-    start_time: int = 1_577_836_800,
-    span_days: float = 730.0,
-    seed: int = 0,
-) -> InteractionData:
-    """The synthetic data set in the platform schema (``name="synthetic"``).
+def load_synthetic(**settings) -> InteractionData:
+    """The synthetic data set in the platform schema (``name="synthetic"``); ``settings``
+    are :func:`generate_synthetic`'s arguments (``conf/data/synthetic.yaml``'s ``source``).
 
     Interactions: user_id, item_id (int64), timestamp (int64 s), rating (1-5, or NaN
     with ``ratings=False``). Users: top_genre (str), age. Items: genres (``|``-joined),
-    release_year. Arguments and the generative process: :func:`generate_synthetic` and
-    the module docstring.
+    release_year. The generative process: the module docstring.
     """
-    return generate_synthetic(
-        num_users=num_users, num_items=num_items, num_interactions=num_interactions, dim=dim,
-        num_topics=num_topics, zipf_exponent=zipf_exponent, temperature=temperature,
-        user_noise=user_noise, feature_noise=feature_noise, min_user_interactions=min_user_interactions,
-        ratings=ratings, start_time=start_time, span_days=span_days, seed=seed,
-    ).to_interaction_data()  # fmt: skip
+    return generate_synthetic(**settings).to_interaction_data()
