@@ -1,57 +1,71 @@
 """Benchmark suite: training throughput, Lightning against a hand-written loop, negative
 samplers, exact full-ranking evaluation, peak memory and start-up time, on MovieLens-100K
-and on the synthetic data set at 1M items.
+and on the synthetic data set at 1M items. CPU only (the Trainer gets accelerator=cpu).
 
-    .venv/bin/python scripts/benchmark.py --out benchmark-results.json           # everything (long: see docs)
-    .venv/bin/python scripts/benchmark.py --quick --out /tmp/quick.json          # smoke run, small sizes
+    .venv/bin/python scripts/benchmark.py --out benchmark-results.json           # everything (about 30-45 min)
+    .venv/bin/python scripts/benchmark.py --quick --out /tmp/quick.json          # smoke run of every section
     .venv/bin/python scripts/benchmark.py --sections train,loop --scale ml100k   # a part
-    .venv/bin/python scripts/benchmark.py --sections eval --scale synthetic --eval-full   # 100k x 1M ranking
+    .venv/bin/python scripts/benchmark.py --sections eval --scale synthetic --eval-full --repeats 1   # 100k x 1M
 
-Sections (``--sections``, default all; ``--scale ml100k,synthetic``, default both):
+Sections (``--sections``, default all) at each scale (``--scale ml100k,synthetic``, default
+both; synthetic = ``data=synthetic`` with ``--synthetic-items/-users/-interactions``, default
+1M / 100k / 10M). Every figure is the median of ``--repeats`` repetitions (default 3).
 
-train     ``Trainer.fit`` samples/s of the configs in ``--configs``: ``mc`` (model=matrix_completion,
+train     ``Trainer.fit`` throughput of ``--configs``: ``mc`` (model=matrix_completion with
           data.batch_size=2048, the batch RecBole uses), ``mc_default`` (matrix_completion at the
           data's own batch size, as earlier versions of this script measured it), ``in_batch``
           (two_tower default: listwise, in-batch + logQ), ``uniform`` (listwise, sampler=uniform),
           ``pairwise`` (loss=pairwise_hinge sampler=in_batch), ``pointwise`` (loss=pointwise
-          sampler=in_batch, 1:3). Also batch construction alone (iterating
-          ``train_dataloader()``, no model), its rate against the rate training consumes batches,
-          and FLOPs per sample against a ``torch.mm`` peak measured in the same run. On ML-100K
-          every epoch is whole (``--quick``: 5 batches) and ``trainer.validate/test`` are timed as
-          before; on synthetic data an epoch is ``--steps`` batches. One warm-up epoch, then
-          ``--epochs`` timed epochs; epochs are timed from ``on_train_epoch_start`` to
-          ``on_train_epoch_end`` (batch construction included).
-loop      Time per training step of Lightning against a minimal hand-written loop (same towers,
-          loss object, batches, Adam and lr; the forward re-implemented with
-          ``score_candidates`` and ``ScoredBatch``), (a) with batch construction (both iterate
-          ``dm.train_dataloader()``) and (b) on pre-built batches (both iterate the same list).
-          Ratio Lightning / hand-written (target <= 1.25).
-samplers  ``sampler.sample(users, items, generator)`` + ``build_layout(...)`` over real batches for
-          every sampler (``hard`` gets a random mined window through its ``update``): negatives/s
-          counts the ``[B, C]`` candidate cells each batch gives the loss.
+          sampler=in_batch, 1:3). One warm-up epoch, then ``--epochs`` timed ones. ML-100K: whole
+          epochs, timed from ``on_train_epoch_start`` to ``on_train_epoch_end`` (batch
+          construction included), and ``trainer.validate/test`` as before. Synthetic (and
+          ML-100K with ``--quick``, 5 batches): epochs of ``--steps`` batches, rates in steady state (from the start
+          of the first step to the start of the last: each interval holds one step and one batch
+          construction; the per-epoch permutation of all 8M examples, amortized over thousands
+          of steps in a real epoch, is left out). Also batch construction alone (iterating
+          ``train_dataloader()``, no model) and its rate over the rate training consumes batches
+          (target >= 10), and matmul FLOPs per sample against a ``torch.mm`` peak measured in
+          the same run.
+loop      Time per step of Lightning against a hand-written loop (no Lightning, no Hydra: the
+          same ``module.model`` towers, the same ``module.loss`` object, the same batches, Adam
+          with the config's lr; the forward written out with ``score_candidates`` and
+          ``ScoredBatch``; zero_grad / backward / step), (a) both building their batches
+          (iterating ``dm.train_dataloader()``) and (b) both iterating the same pre-built
+          batches. Steady state as above, and over whole epochs. Ratio Lightning / hand-written
+          (target <= 1.25). The loss of both forwards is compared on one batch.
+samplers  ``sampler.sample(users, items, generator)`` + ``build_layout(...)`` over real batches
+          for every sampler of ``--samplers`` (``hard`` gets a random mined window through its
+          ``update``): negatives/s = the ``[B, C]`` candidate cells the loss receives per second.
 eval      Exact full ranking. ML-100K: the platform's ``trainer.test`` (untrained default model,
-          backends torch and faiss). Synthetic: clustered unit vectors, ``--eval-total-users`` x
-          ``--eval-items`` x ``--eval-dim`` (100k x 1M x 64), ~``--eval-seen`` seen items per user;
-          the platform's ``torch_top_k``, ``rank_and_match`` (what ``trainer.test`` runs for the
-          torch backend) and ``faiss_top_k`` in chunks of ``MAX_EVAL_SCORES // num_items`` users,
-          next to raw FAISS ``IndexFlatIP.search(users, k)`` in one call. ``*_blas``: the same
-          with ``faiss.cvar.distance_compute_blas_threshold = 1`` (FAISS 1.15 defaults to 128000
-          queries, below which it scores query by query without BLAS). Timed over the first
-          ``--eval-users`` users (``--eval-full``: all) and extrapolated to all; every method in a
-          fresh process, so each has its own peak memory.
-memory    Peak RSS of training and of evaluation at each scale, each in a fresh process
-          (this script re-invoked with a hidden ``--worker`` flag): RSS once the data is loaded,
-          peak RSS during the measured work (VmHWM, reset through /proc/self/clear_refs), the
-          difference (peak extra) and the process's own peak (VmHWM before the reset; not
-          ``ru_maxrss``, which on Linux carries the parent's peak RSS into a fork+exec'd child).
-startup   Wall time from launching ``python -c`` (which runs the real console entry
-          ``twotower.train.main()`` with Hydra command-line overrides, after wrapping
-          ``twotower.train.train`` so that it adds one callback) to the end of the first training
-          step: python start + imports + Hydra config + data preparation + model build + Trainer
-          set-up + first step. Also ``python -c pass`` and ``python -c "import twotower.train"``.
+          eval.backend torch and faiss). Synthetic: clustered unit vectors, ``--eval-total-users``
+          x ``--eval-items`` x ``--eval-dim`` (100k x 1M x 64), a mean of ``--eval-seen`` (100)
+          seen items per user (log-normal; half from the user's cluster), top ``--eval-k``: the
+          platform's ``torch_top_k``, ``rank_and_match`` (what ``trainer.test`` runs for the torch
+          backend) and ``faiss_top_k`` (with ``build_faiss_index``) in the user chunks
+          ``EvalBatches`` makes (torch: ``MAX_EVAL_SCORES // num_items`` users; faiss: as
+          ``train()`` sets it up), next to raw FAISS ``IndexFlatIP.search(users, k)`` in one call.
+          ``*_blas``: the same with ``faiss.cvar.distance_compute_blas_threshold = 1`` (FAISS 1.15
+          defaults to 128000: below that many queries it scores query by query, without BLAS).
+          Timed over the first ``--eval-users`` users (default 2,048; ``--eval-full``: all) and
+          extrapolated to all; each method in a fresh process with its own peak memory.
+memory    Peak RSS of training (``--memory-configs``) and of ``trainer.test`` at each scale, each
+          in a fresh process (this script re-invoked with a hidden ``--worker`` flag; the parent
+          prepares the data once and pickles it for them): RSS once the data is loaded, peak
+          during the measured work (VmHWM, reset through /proc/self/clear_refs), the difference
+          (peak extra), and the process's own peak (VmHWM, not ``ru_maxrss``: on Linux a
+          fork+exec'd child's ``ru_maxrss`` starts from the parent's peak).
+startup   Wall time from launching ``python -c CODE`` to the end of the first training step,
+          where CODE runs the real console entry ``twotower.train.main()`` (Hydra parses the
+          command-line overrides) after wrapping ``twotower.train.train`` so that it passes one
+          extra callback, which writes time stamps and ends the process: python start + imports
+          + Hydra config + data preparation + model build + Trainer set-up + first step, with
+          the stages. Also ``python -c pass`` and ``python -c "import twotower.train"``.
+          Synthetic: one run (its data preparation dominates).
 
-Every figure is the median of ``--repeats`` repetitions. Tables go to stdout; the JSON at
-``--out`` (rewritten after every section) holds the environment, the settings and every result.
+Tables go to stdout, progress lines as sections run; ``--out`` (rewritten after every
+section, so a failure or interrupt keeps what was measured) holds the environment (date, CPU,
+cores, threads, versions, load average before/after), the settings and every result. A section
+that fails is reported and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -329,9 +343,22 @@ def make_run(ctx: Context, scale: str, overrides: list[str], with_module: bool =
     model = build(cfg.model.net)(dm.data)
     module = RetrievalModule(
         model, loss, build(cfg.model.optimizer), list(cfg.eval.ks), dm.data.item_counts,
-        frequency_estimator=getattr(dm.sampler, "frequency_estimator", None), eval_backend=cfg.eval.backend,
+        frequency_estimator=getattr(dm.sampler, "frequency_estimator", None),
+        eval_backend=eval_backend(cfg, dm, model),
     )  # fmt: skip
     return cfg, dm, module
+
+
+def eval_backend(cfg, dm, model) -> str:
+    """The ranking backend ``train()`` would use (``eval.backend=auto`` resolved as it does, on CPU)."""
+    from twotower import topk
+
+    backend = cfg.eval.backend
+    if hasattr(topk, "choose_backend"):
+        backend = topk.choose_backend(backend, getattr(model, "factorizes", False), dm.data.num_items, False)
+        if backend == "faiss":
+            dm.max_eval_scores = None  # as train() does: FAISS bounds its own memory, larger user chunks
+    return backend
 
 
 def make_trainer(ctx: Context, cfg, **kwargs):
@@ -527,8 +554,8 @@ def bench_train_config(ctx: Context, scale: str, name: str, peak: dict) -> dict:
                 evals[split].append({"seconds": time.perf_counter() - start, "users": users})
     info["train"] = {k: median(f[k] for f in fits) for k in fits[0]}
     info["train"].update(timed_epochs=args.epochs, repeats=args.repeats, runs=fits)
-    # Whole epochs on ML-100K (as earlier versions of this script); steady state where an epoch is cut short.
-    info["train"]["basis"] = "epoch" if limit is None or scale == "ml100k" or fits[0]["steady_step_s"] is None else "steady"
+    # Whole epochs (ML-100K, as earlier versions of this script); steady state where an epoch is cut short.
+    info["train"]["basis"] = "epoch" if limit is None or fits[0]["steady_step_s"] is None else "steady"
     samples = info["train"]["samples_per_s"] if info["train"]["basis"] == "epoch" else info["train"]["steady_samples_per_s"]
     step_s = info["train"]["step_s"] if info["train"]["basis"] == "epoch" else info["train"]["steady_step_s"]
     info["train"]["reported_samples_per_s"] = samples
@@ -812,12 +839,30 @@ def print_samplers(res: dict) -> None:
 # section: eval
 # ---------------------------------------------------------------------------------------------
 def eval_vector_params(ctx: Context) -> dict:
-    from twotower.data.datamodule import MAX_EVAL_SCORES
+    """Settings of the synthetic ranking benchmark; user chunks as ``EvalBatches`` makes them
+    for the synthetic data's ``eval_batch_size``: bounded to ``MAX_EVAL_SCORES`` scores for the
+    torch backend, and as ``train()`` sets them up for the faiss backend."""
+    from types import SimpleNamespace
+
+    from twotower.config import compose_config
+    from twotower.data.datamodule import MAX_EVAL_SCORES, EvalBatches
 
     a = ctx.args
-    chunk = max(1, min(1024, MAX_EVAL_SCORES // max(1, a.eval_items)))  # EvalBatches' chunk (eval_batch_size 1024)
+    eval_batch_size = int(compose_config(COMMON + ["data=synthetic"]).data.eval_batch_size)
+
+    def chunk(max_eval_scores):
+        fake = SimpleNamespace(eval_batch_size=eval_batch_size, max_eval_scores=max_eval_scores,
+                               data=SimpleNamespace(num_items=a.eval_items))  # fmt: skip
+        return EvalBatches(fake, "test").chunk
+
+    torch_chunk = chunk(MAX_EVAL_SCORES)
+    # train() lifts the bound for FAISS (dm.max_eval_scores = None) where it has that attribute.
+    import twotower.topk
+
+    faiss_chunk = chunk(None) if hasattr(twotower.topk, "choose_backend") else torch_chunk
     return {"items": a.eval_items, "total_users": a.eval_total_users, "users": a.eval_users, "dim": a.eval_dim,
-            "seen_mean": a.eval_seen, "k": a.eval_k, "chunk": chunk, "max_eval_scores": MAX_EVAL_SCORES,
+            "seen_mean": a.eval_seen, "k": a.eval_k, "chunk": torch_chunk, "faiss_chunk": faiss_chunk,
+            "eval_batch_size": eval_batch_size, "max_eval_scores": MAX_EVAL_SCORES,
             "clusters": max(1, min(1000, a.eval_items // 1000)), "noise": 0.1, "seed": 0, "repeats": a.repeats,
             "threads": a.threads_effective}  # fmt: skip
 
@@ -881,7 +926,7 @@ def print_eval(res: dict) -> None:
                          fmt(mem["peak_extra_mb"], ",.0f"), fmt(r["rss_data_mb"], ",.0f")])  # fmt: skip
         print(table(f"eval [synthetic vectors]: {s['total_users']:,} users x {s['items']:,} items x {s['dim']} dims "
                     f"({s['clusters']} clusters), mean {s['seen_mean']} seen items per user, top {s['k']}; timed over "
-                    f"{s['users']:,} users; chunks of {s['chunk']} users (MAX_EVAL_SCORES // items); ratios = scores/s / "
+                    f"{s['users']:,} users; chunks of {s['chunk']} users (torch: MAX_EVAL_SCORES // items), {s['faiss_chunk']} (faiss); ratios = scores/s / "
                     f"raw FAISS scores/s, FAISS defaults / BLAS path forced (target >= 0.7); {s['threads']} threads",
                     ["method", "users", "build s", "search s", "scores/s", "/ raw", "/ raw_blas", f"s for {s['total_users']:,} (extrap.)",
                      "peak extra MB", "RSS data MB"], rows))  # fmt: skip
@@ -939,9 +984,10 @@ def print_memory(res: dict) -> None:
                 what = r.get("what", "")
                 rows.append([scale, kind, name, fmt(r.get("rss_data_mb"), ",.0f"), fmt(mem["peak_mb"], ",.0f"),
                              fmt(mem["peak_extra_mb"], ",.0f"), fmt(r.get("lifetime_peak_mb"), ",.0f"), what])  # fmt: skip
-    print(table("memory: peak RSS in fresh processes; RSS data = after imports and loading the prepared data; peak = "
-                "VmHWM during the measured work; extra = peak - RSS data; lifetime = the process's ru_maxrss",
-                ["scale", "kind", "measurement", "RSS data MB", "peak MB", "peak extra MB", "lifetime MB", "what"],
+    print(table("memory: peak RSS in fresh processes; RSS data = after imports and loading the prepared data (vectors: "
+                "after generating them); peak = VmHWM during the measured work; extra = peak - RSS data (includes "
+                "modules Lightning imports on its first fit/test); process = the process's own peak (VmHWM)",
+                ["scale", "kind", "measurement", "RSS data MB", "peak MB", "peak extra MB", "process MB", "what"],
                 rows, left=3, last_left=True))  # fmt: skip
 
 
@@ -1024,8 +1070,8 @@ def section_startup(ctx: Context) -> dict:
                          "stages_s": {"python_start": rel["child_code_start"],
                                       "imports": rel["imports_done"] - rel["child_code_start"],
                                       "hydra_config": rel["train_entered"] - rel["imports_done"],
-                                      "data_model_trainer": rel["fit_start"] - rel["train_entered"],
-                                      "fit_setup_first_batch": rel["first_batch_start"] - rel["fit_start"],
+                                      "data+model+trainer": rel["fit_start"] - rel["train_entered"],
+                                      "fit_setup+first_batch": rel["first_batch_start"] - rel["fit_start"],
                                       "first_step": rel["first_step_end"] - rel["first_batch_start"]}})  # fmt: skip
             progress(f"  startup {scale}: first step done {rel['first_step_end']:.1f} s after launch")
         stages = {k: median(r["stages_s"][k] for r in runs) for k in runs[0]["stages_s"]}
@@ -1130,7 +1176,8 @@ def worker_vectors(p: dict) -> dict:
         lengths = ptr[start + 1 : stop + 1] - ptr[start:stop]
         return torch.repeat_interleave(torch.arange(stop - start), lengths), values[ptr[start] : ptr[stop]]
 
-    users, chunk, k = p["users"], p["chunk"], p["k"]
+    users, k = p["users"], p["k"]
+    chunk = p["faiss_chunk"] if method == "faiss_top_k" else p["chunk"]
     chunks = [(s, min(s + chunk, users)) for s in range(0, users, chunk)]
     rss_data = rss_mb()
     index = None
@@ -1221,9 +1268,9 @@ def worker_eval_memory(ctx: Context, p: dict) -> dict:
         ev.test(module, datamodule=dm, verbose=False)
         sec = time.perf_counter() - start
     return {"rss_data_mb": rss_data, "memory": mem.as_dict(), "users": users, "chunk_users": loader.chunk,
-            "items": dm.data.num_items, "seconds": sec,
-            "what": f"trainer.test, {users:,} of {len(dm.data.eval_sets['test'].users):,} test users x "
-                    f"{dm.data.num_items:,} items (chunks of {loader.chunk}), untrained model"}  # fmt: skip
+            "items": dm.data.num_items, "seconds": sec, "backend": module.eval_backend,
+            "what": f"trainer.test ({module.eval_backend}), {users:,} of {len(dm.data.eval_sets['test'].users):,} test "
+                    f"users x {dm.data.num_items:,} items (chunks of {loader.chunk}), untrained model"}  # fmt: skip
 
 
 def worker_main(args: argparse.Namespace) -> None:

@@ -61,6 +61,22 @@ def test_positive_lookup_dense_and_sparse_agree_and_empty_sparse():
 
 
 @pytest.mark.parametrize("max_dense", [1 << 27, 0])
+def test_shared_columns_match_python_set(max_dense):
+    """Columns shared by the batch (repeated items, users with many or no positives)."""
+    gen = torch.Generator().manual_seed(2)
+    users = torch.randint(30, (400,), generator=gen)
+    items = torch.randint(25, (400,), generator=gen)
+    reference = set(zip(users.tolist(), items.tolist()))
+    lk = PositiveLookup(users, items, 31, 25, max_dense=max_dense)  # user 30 has no positive
+    batch_users = torch.cat([torch.randint(31, (40,), generator=gen), torch.tensor([30, 30])])
+    columns = torch.randint(25, (33,), generator=gen)  # with repeats
+    expected = torch.tensor([[(u, i) in reference for i in columns.tolist()] for u in batch_users.tolist()])
+    assert torch.equal(lk.shared(batch_users, columns), expected)
+    empty = PositiveLookup(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 5, 5, max_dense=max_dense)
+    assert not empty.shared(torch.arange(5), torch.arange(5)).any()
+
+
+@pytest.mark.parametrize("max_dense", [1 << 27, 0])
 def test_in_batch_masks_diagonal_and_accidental_hits(max_dense):
     layout = build_layout(USERS, POSITIVES, Negatives(in_batch=True), lookup(max_dense=max_dense))
     # Every row's columns are the batch positives [10, 11, 10, 12].

@@ -217,12 +217,15 @@ class HardNegativeMiner(L.Callback):
     # Lightning keeps a callback's state in checkpoints: a resumed run samples from the
     # window mined before the interruption, not from none until the next refresh.
     def state_dict(self) -> dict:
-        mined = getattr(self.sampler, "mined", None)
-        return {} if mined is None else {"mined": mined}
+        sampler = self.sampler
+        return {} if sampler.mined is None else {"mined": sampler.mined, "mined_at_epochs": list(sampler.mined_at_epochs)}
 
     def load_state_dict(self, state: dict) -> None:
-        if "mined" in state:
+        # Only into a sampler that has none yet (a resumed run); testing a checkpoint after
+        # training restores callbacks too, and must not replace the window of this run.
+        if "mined" in state and self.sampler.mined is None:
             self.sampler.update(state["mined"])
+            self.sampler.mined_at_epochs = list(state["mined_at_epochs"])
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sampler = self.sampler

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from twotower.topk import match_targets
+
 METRIC_NAMES = ("recall", "ndcg", "hit_rate", "mrr", "precision")
 
 
@@ -113,8 +115,5 @@ def rank_and_match(
     scores[seen_rows, seen_items] = float("-inf")  # a masked item can never be retrieved
     k_max = min(k_max, scores.shape[1])
     topk_items = scores.topk(k_max, dim=1).indices
-    is_target = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    is_target[target_rows, target_items] = True
-    hits = is_target.gather(1, topk_items)
-    num_targets = torch.bincount(target_rows, minlength=scores.shape[0])
+    hits, num_targets = match_targets(topk_items, target_rows, target_items, scores.shape[1])
     return topk_items, hits, num_targets
