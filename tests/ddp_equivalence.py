@@ -1,8 +1,9 @@
 """One training step of the same model, twice: one process with the global batch, and
 2 CPU processes (DDP over gloo, Lightning's ``ddp_spawn``) with half of it each.
-Writes each run's loss and gradients to ``OUT_DIR/{single,ddp_rank0,ddp_rank1}.pt``
-for tests/test_distributed.py to compare. Run as ``python ddp_equivalence.py OUT_DIR
-[OVERRIDE ...]``: in its own process, so a hung rank cannot stall pytest.
+For each variant (a comma-separated list of overrides, ``-`` for none) it writes each
+run's loss and gradients to ``OUT_DIR/VARIANT_INDEX/{single,ddp_rank0,ddp_rank1}.pt`` for
+tests/test_distributed.py to compare. Run as ``python ddp_equivalence.py OUT_DIR VARIANT
+[VARIANT ...]``: in its own process, so a hung rank cannot stall pytest.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def one_step(out_dir: Path, overrides: list[str], devices: int) -> None:
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
-    extra = sys.argv[2:]
-    one_step(out, extra, devices=1)
-    one_step(out, extra, devices=2)
+    for number, variant in enumerate(sys.argv[2:]):
+        overrides = [] if variant == "-" else variant.split(",")
+        (out / str(number)).mkdir(parents=True, exist_ok=True)
+        one_step(out / str(number), overrides, devices=1)
+        one_step(out / str(number), overrides, devices=2)

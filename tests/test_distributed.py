@@ -20,20 +20,30 @@ from twotower.train import train
 SCRIPT = Path(__file__).with_name("ddp_equivalence.py")
 
 
-def first_steps(tmp_path: Path, overrides: list[str]) -> tuple[dict, dict, dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), *overrides], check=True, timeout=300, env=env, capture_output=True)
-    return tuple(torch.load(tmp_path / f"{name}.pt") for name in ("single", "ddp_rank0", "ddp_rank1"))
-
-
 # Per-rank batch B = 32 on 2 ranks against one process with 2B = 64; the two-tower model with
-# features and MLPs, listwise loss, in-batch negatives.
-GLOBAL_BATCH = ["data.batch_size=64"]
+# features and MLPs, listwise loss, in-batch negatives: logQ from counts, from the streaming
+# estimator, and (to show the comparison can fail) without cross-device negatives.
+VARIANTS = {
+    "counts": "data.batch_size=64,sampler.logq=counts",
+    "streaming": "data.batch_size=64,sampler.logq=streaming",
+    "local": "data.batch_size=64,distributed.cross_device_negatives=false",
+}
+
+
+@pytest.fixture(scope="module")
+def first_steps(tmp_path_factory) -> dict[str, tuple[dict, dict, dict]]:
+    """One subprocess (with a timeout) runs every variant: one process, then 2 DDP ranks."""
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT), str(out), *VARIANTS.values()], env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = ("single", "ddp_rank0", "ddp_rank1")
+    return {v: tuple(torch.load(out / str(n) / f"{name}.pt") for name in names) for n, v in enumerate(VARIANTS)}
 
 
 @pytest.mark.parametrize("logq", ["counts", "streaming"])
-def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, logq):
-    single, rank0, rank1 = first_steps(tmp_path, GLOBAL_BATCH + [f"sampler.logq={logq}"])
+def test_two_ranks_equal_one_process_with_the_global_batch(first_steps, logq):
+    single, rank0, rank1 = first_steps[logq]
     # The loss of the global batch is the mean of the ranks' losses (equal shares).
     torch.testing.assert_close((rank0["loss"] + rank1["loss"]) / 2, single["loss"], rtol=0, atol=1e-5)
     assert single["grads"].keys() == rank0["grads"].keys() and len(single["grads"]) > 10
@@ -42,9 +52,9 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, logq):
         torch.testing.assert_close(rank1["grads"][name], rank0["grads"][name], rtol=0, atol=0, msg=name)
 
 
-def test_local_negatives_differ_from_the_global_batch(tmp_path):
+def test_local_negatives_differ_from_the_global_batch(first_steps):
     """Without cross-device negatives each rank sees half the negatives: not the same training."""
-    single, rank0, rank1 = first_steps(tmp_path, GLOBAL_BATCH + ["distributed.cross_device_negatives=false"])
+    single, rank0, rank1 = first_steps["local"]
     assert abs(float((rank0["loss"] + rank1["loss"]) / 2 - single["loss"])) > 1e-3
 
 

@@ -45,8 +45,8 @@ def test_metrics(run_dir: Path) -> dict[str, float]:
 test_metrics.__test__ = False  # a helper, not a test
 
 
-# Hard negatives mined once, at the start of epoch 1: a run resumed in epoch 2 must sample
-# from the window kept in the checkpoint (no mining is due then).
+# Hard negatives mined once, at the start of epoch 1: a run killed in epoch 2's validation
+# resumes at epoch 2 and must sample from the window kept in the checkpoint (no mining then).
 HARD = ["sampler=hard", "sampler.warmup_epochs=1", "sampler.refresh_every=5", "sampler.lo=5", "sampler.hi=50"]
 CONFIGS = {"streaming": RUN, "hard": [o for o in RUN if not o.startswith("sampler.")] + HARD}
 
@@ -70,7 +70,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "config,fault",
-    [("streaming", "train_step:8"), ("streaming", "validation:1"), ("streaming", "checkpoint:3"), ("hard", "train_step:14")],
+    [("streaming", "train_step:8"), ("streaming", "checkpoint:3"), ("hard", "validation:2")],
 )
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, config, fault):
     run_dir = tmp_path / "run"
@@ -79,7 +79,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted,
     assert not (run_dir / "results.json").exists()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
     last = run_dir / "checkpoints" / "last.ckpt"
-    expected_epoch = 1 if fault == "train_step:14" else 0  # the last complete checkpoint
+    expected_epoch = 1 if fault == "validation:2" else 0  # the last complete checkpoint
     assert torch.load(last, weights_only=True)["epoch"] == expected_epoch
     if fault.startswith("checkpoint"):
         assert list((run_dir / "checkpoints").glob(".*.tmp-*"))  # the killed write's leftover
