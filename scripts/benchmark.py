@@ -720,7 +720,11 @@ def bench_loop_config(ctx: Context, scale: str, name: str) -> dict:
                 fit.fit(module, train_dataloaders=prebuilt)
             times[f"lightning_{variant}"].append(summarize_epochs(timer.epochs[1:]))
             module = copy.deepcopy(template)
-            optimizer = torch.optim.Adam(module.model.parameters(), lr=float(opt_cfg.lr), weight_decay=float(opt_cfg.weight_decay))
+            # The same Adam settings as the config (lr, weight decay, fused), so only the loop differs.
+            optimizer = torch.optim.Adam(
+                module.model.parameters(), lr=float(opt_cfg.lr), weight_decay=float(opt_cfg.weight_decay),
+                fused=bool(opt_cfg.get("fused", False)) or None,
+            )
             source = dm.train_dataloader() if variant == "a" else prebuilt
             times[f"hand_{variant}"].append(summarize_epochs(hand_epochs(module.model, module.loss, optimizer, source, steps, args.epochs)))
     for key, runs in times.items():
