@@ -43,7 +43,7 @@ import faiss
 import numpy as np
 import torch
 
-from twotower.fsutil import swap_in
+from twotower.fsutil import fsync_path, swap_in
 
 FORMAT = "twotower-item-index"
 FORMAT_VERSION = 1
@@ -336,10 +336,10 @@ class ItemIndex:
             faiss.write_index(self.index, str(tmp / INDEX_FILE))
             _write_text(tmp / IDS_FILE, json.dumps(self.ids.tolist()))
             _write_text(tmp / MANIFEST_FILE, manifest_text)  # last: its presence marks a complete folder
-            _fsync(tmp / INDEX_FILE)
-            _fsync(tmp)
+            fsync_path(tmp / INDEX_FILE)
+            fsync_path(tmp)
             swap_in(tmp, target)
-            _fsync(target.parent)
+            fsync_path(target.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -416,18 +416,6 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file or folder to disk (best effort: not every platform opens folders)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- evaluation
