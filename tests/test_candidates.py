@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower.candidates import PositiveLookup, build_layout, score_candidates
+from twotower.candidates import PositiveLookup, build_layout, distinct_ids, score_candidates
 from twotower.samplers import Negatives
 
 # A 4-user batch over a 15-item catalogue.
@@ -261,3 +261,20 @@ def test_online_hard_mining_reaches_the_loss(tmp_path):
     module.training_step(next(iter(dm.train_dataloader())), 0)
     per_row = seen["valid"].sum(1)
     assert per_row.max() == 3 and per_row.min() >= 1
+
+
+@pytest.mark.parametrize("size", [7, 1000])  # marking present ids, and sorting (range > 8x the ids)
+def test_distinct_ids_match_torch_unique(size):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, size, (4, 6), generator=generator)
+    unique, inverse = distinct_ids(ids, size)
+    expected_unique, expected_inverse = torch.unique(ids, return_inverse=True)
+    assert torch.equal(unique, expected_unique)
+    assert torch.equal(inverse, expected_inverse)
+    assert torch.equal(unique[inverse], ids)
+
+
+def test_distinct_ids_by_hand():
+    unique, inverse = distinct_ids(torch.tensor([3, 0, 3, 5]), 6)
+    assert unique.tolist() == [0, 3, 5]
+    assert inverse.tolist() == [1, 0, 1, 2]

@@ -1,7 +1,7 @@
 """Multi-device training equals single-device training with the same global batch.
 
 The 2-process runs happen in a subprocess with a timeout (tests/ddp_equivalence.py,
-Lightning's ddp_spawn over gloo): a hung rank fails the test instead of stalling the suite.
+Lightning's ddp_fork over gloo): a hung rank fails the test instead of stalling the suite.
 """
 
 import json
@@ -102,6 +102,12 @@ def test_ddp_cpu_run_writes_one_result_and_keeps_the_estimator(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     (run_dir,) = tmp_path.glob("train/runs/*")
     assert json.loads((run_dir / "results.json").read_text())["test/recall@10"] >= 0
+    # The test runs in the main process after the spawned fit; the CSV log keeps both.
+    header, *rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    columns = header.split(",")
+    logged = [{columns[i] for i, value in enumerate(row.split(",")) if value} for row in rows]
+    assert any("val/ndcg@20" in row for row in logged) and any("train/loss" in row for row in logged)
+    assert any("test/recall@10" in row for row in logged)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["frequency_estimator"]
     assert state["step"] == 3  # debug=fast: 3 training steps, each fed to the estimator once
 

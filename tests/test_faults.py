@@ -6,6 +6,7 @@ Kills are real SIGKILLs of a subprocess (tests/fault_injection.py); every subpro
 a timeout, so a hang fails the test instead of stalling the suite.
 """
 
+import csv
 import json
 import os
 import subprocess
@@ -45,6 +46,12 @@ def test_metrics(run_dir: Path) -> dict[str, float]:
 test_metrics.__test__ = False  # a helper, not a test
 
 
+def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(epoch, val/ndcg@20) of every validation row of the run's CSV log, in order."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return [(int(row["epoch"]), float(row["val/ndcg@20"])) for row in csv.DictReader(file) if row.get("val/ndcg@20")]
+
+
 # Hard negatives mined once, at the start of epoch 1: a run killed in epoch 2's validation
 # resumes at epoch 2 and must sample from the window kept in the checkpoint (no mining then).
 HARD = ["sampler=hard", "sampler.warmup_epochs=1", "sampler.refresh_every=5", "sampler.lo=5", "sampler.hi=50"]
@@ -53,15 +60,15 @@ CONFIGS = {"streaming": RUN, "hard": [o for o in RUN if not o.startswith("sample
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """Test metrics of the uninterrupted run of each config, computed once."""
-    cache: dict[str, dict[str, float]] = {}
+    """Test metrics and validation curve of the uninterrupted run of each config, computed once."""
+    cache: dict[str, tuple[dict[str, float], list]] = {}
 
-    def metrics(config: str) -> dict[str, float]:
+    def metrics(config: str) -> tuple[dict[str, float], list]:
         if config not in cache:
             run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
             done = run(["-m", "twotower.train", f"hydra.run.dir={run_dir}", *CONFIGS[config]])
             assert done.returncode == 0, done.stderr[-2000:]
-            cache[config] = test_metrics(run_dir)
+            cache[config] = test_metrics(run_dir), validation_curve(run_dir)
         return cache[config]
 
     return metrics
@@ -91,10 +98,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted,
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "completed" and "resume=" not in " ".join(status["overrides"])
     # Same machine, same threads: equal to float precision (tolerance 1e-6).
-    got, expected = test_metrics(run_dir), uninterrupted(config)
+    (expected, expected_curve), got = uninterrupted(config), test_metrics(run_dir)
     assert got.keys() == expected.keys()
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, abs=1e-6), name
+    # The CSV log continues the killed run's: every epoch's validation once, as uninterrupted.
+    curve = validation_curve(run_dir)
+    assert [epoch for epoch, _ in curve] == [epoch for epoch, _ in expected_curve] == [0, 1, 2]
+    assert [value for _, value in curve] == pytest.approx([value for _, value in expected_curve], abs=1e-6)
 
 
 class PoisonAt(L.Callback):

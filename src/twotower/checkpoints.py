@@ -45,6 +45,11 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
     return last if last.is_file() else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint was saved at (memory-mapped: the weights are not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
 def rng_state() -> dict[str, torch.Tensor]:
     """Torch's random states (CPU, and CUDA when present): dropout and the losses'
     random choices draw from them. Batches use their own seeded generators."""

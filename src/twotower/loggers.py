@@ -9,6 +9,7 @@ short timeout, and the run can be uploaded later with ``wandb sync``.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 log = logging.getLogger("twotower")
 
@@ -99,11 +102,62 @@ def start_wandb_run(settings: dict, run_dir: Path, config: dict, group: str | No
     return wandb.init(mode="offline", **kwargs)
 
 
+def _read_metrics_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def drop_metrics_after(run_dir: Path, step: int) -> None:
+    """Remove the rows of ``csv/metrics.csv`` logged after global step ``step``: what a
+    killed run logged past the checkpoint it resumes from, and will log again."""
+    path = Path(run_dir) / "csv" / ExperimentWriter.NAME_METRICS_FILE
+    if not path.is_file():
+        return
+    header, rows = _read_metrics_csv(path)
+    kept = [row for row in rows if row.get("step") and int(float(row["step"])) <= step]
+    if len(kept) < len(rows):
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it continues an existing ``metrics.csv``
+    (Lightning's deletes it): one run writes its CSV from several processes, when it is
+    resumed, and in the test of a ``ddp_spawn`` run (new workers after those of ``fit``)."""
+
+    def _check_log_dir_exists(self) -> None:  # called by __init__
+        if self._fs.isfile(self.metrics_file_path):
+            self.metrics_keys = _read_metrics_csv(Path(self.metrics_file_path))[0]
+
+
+class RunCSVLogger(CSVLogger):
+    """``RUN_DIR/csv/metrics.csv``: continued, never deleted, by every process that logs
+    to it, and written out whenever a checkpoint is, so a killed run's CSV covers what
+    its last checkpoint covers."""
+
+    def __init__(self, run_dir: str):
+        super().__init__(save_dir=run_dir, name="csv", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(self.log_dir)
+        return self._experiment
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.save()
+
+
 def build_loggers(cfg: dict, run_dir: Path, config: dict, group: str | None = None, tags: list[str] | None = None) -> list[Logger]:
     """``cfg``: the ``logger`` config; ``config``: the resolved run config (secrets redacted)."""
     loggers: list[Logger] = []
     if cfg.get("csv", {}).get("enabled", True):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(RunCSVLogger(str(run_dir)))
     wb = cfg.get("wandb", {})
     if wb.get("enabled", False):
         run = start_wandb_run(wb, run_dir, config, group or wb.get("group"), list(tags or []))

@@ -60,6 +60,7 @@ class RetrievalModule(L.LightningModule):
         self._item_vectors: torch.Tensor | None = None
         self._accumulator: RankingAccumulator | None = None
         self.test_metrics: dict[str, float] = {}
+        self._epoch_loss_sum, self._epoch_examples = torch.zeros(()), 0  # reset at every epoch's start
 
     # ---- training ------------------------------------------------------------
     def batch_loss(self, batch: dict) -> torch.Tensor:
@@ -96,8 +97,27 @@ class RetrievalModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.batch_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["rating"]), sync_dist=True)
+        # Summed here and logged once per epoch: `self.log` on every step costs about a
+        # millisecond of bookkeeping, a tenth of a whole step on ML-100K on a CPU.
+        size = len(batch["rating"])
+        self._epoch_loss_sum += loss.detach() * size
+        self._epoch_examples += size
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss_sum = torch.zeros((), device=self.device)
+        self._epoch_examples = 0
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_examples:  # the mean over the epoch's examples, averaged over ranks
+            self.log("train/loss", self._epoch_loss_sum / self._epoch_examples, prog_bar=True, sync_dist=True)
+
+    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+        # Batches are built on the CPU: on a CPU run there is nothing to move, and walking
+        # the nested batch to find that out costs about half a millisecond a step.
+        if device.type == "cpu":
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def configure_optimizers(self):
         return self.optimizer_factory(params=self.parameters())

@@ -20,12 +20,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.callbacks import StopOnNonFiniteLoss
-from twotower.checkpoints import AtomicCheckpointIO, resume_checkpoint
+from twotower.checkpoints import AtomicCheckpointIO, checkpoint_step, resume_checkpoint
 from twotower.config import CONFIG_DIR, ConfigError, build, check_eval_ks, check_loss_sampler, load_dotenv_file, resolved_config, resumed_config
 from twotower.data.datamodule import RetrievalDataModule
 from twotower.data.schema import DataError
 from twotower.distributed import configured_world_size, is_main_process, relaunches_command, split_evenly
-from twotower.loggers import build_loggers, finish_wandb, log_summary, redact_secrets
+from twotower.loggers import build_loggers, drop_metrics_after, finish_wandb, log_summary, redact_secrets
 from twotower.module import RetrievalModule
 from twotower.report import format_table, write_results
 from twotower.runs import LAST_SWEEP, read_status, register_resolvers, run_labels, sweep_name, write_status
@@ -113,6 +113,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     callbacks = list(callbacks or [])
     checkpoint = None
     resume_from = resume_checkpoint(run_dir) if cfg.get("resume") else None
+    if resume_from is not None and writes_files:
+        drop_metrics_after(run_dir, checkpoint_step(resume_from))  # the resumed run logs those again
     if model_trainable:
         callbacks.append(StopOnNonFiniteLoss(cfg.loss.get("temperature"), cfg.model.optimizer.get("lr")))
         checkpoint = L.pytorch.callbacks.ModelCheckpoint(
@@ -143,6 +145,15 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
             default_root_dir=str(run_dir),
             plugins=[AtomicCheckpointIO()],
         )
+        # The workers of a spawned run are gone after fit: testing in new ones costs their
+        # start-up again (10-20 s on a CPU) for metrics that every rank computes identically,
+        # so this process tests, on one device.
+        tester = trainer
+        if getattr(trainer.strategy, "_start_method", None) == "spawn":
+            tester = build(
+                cfg.trainer, devices=1, num_nodes=1, strategy="auto", logger=trainer.loggers, callbacks=[],
+                default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
+            )  # fmt: skip
         metrics: dict[str, float] = {}
         if model_trainable:
             if resume_from is not None:
@@ -153,11 +164,10 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
                 # The checkpoint that is tested; what a hyper-parameter search should optimize.
                 metrics[f"best/{cfg.eval.monitor}"] = float(checkpoint.best_model_score)
             best = checkpoint.best_model_path or None
-            trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+            tester.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
         else:
-            trainer.test(module, datamodule=datamodule, verbose=False)
-        # Under ddp_spawn the test ran in worker processes: their metrics come back as callback metrics.
-        metrics.update(module.test_metrics or {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+            tester.test(module, datamodule=datamodule, verbose=False)
+        metrics.update(module.test_metrics)
         if not writes_files:
             return metrics
         write_results(metrics, run_dir)

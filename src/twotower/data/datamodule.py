@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from twotower.candidates import build_layout
+from twotower.candidates import build_layout, distinct_ids
 from twotower.data.features import parse_feature_specs
 from twotower.data.prepare import EvalSet, PreparedData, SplitArrays, prepare
 from twotower.data.schema import InteractionData
@@ -222,7 +222,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 extra = extra[mine]
             # Each distinct negative goes through the item tower once (B x n draws from a small
             # catalogue repeat a lot); the model maps the vectors back with extra_inverse.
-            unique, inverse = torch.unique(extra.reshape(-1), return_inverse=True)
+            unique, inverse = distinct_ids(extra.reshape(-1), data.num_items)
             batch["extra"] = gather(data.item_features, unique)
             batch["extra_inverse"] = inverse
             batch["extra_per_example"] = extra.dim() == 2

@@ -31,6 +31,9 @@ class Tower(nn.Module):
     ``cardinality`` where it has a table). ``mlp``: hidden and output sizes;
     an empty list makes the tower output the concatenated embeddings (the
     matrix-completion baseline: one ID embedding, nothing else).
+    ``history_dropout``: in training, the share of each user's history items
+    hidden at random (as in denoising autoencoders for collaborative
+    filtering), so the tower cannot lean on any single past item.
     """
 
     def __init__(
@@ -41,9 +44,14 @@ class Tower(nn.Module):
         dropout: float = 0.0,
         normalize: bool = True,
         init_std: float = 0.1,
+        history_dropout: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= history_dropout < 1.0:
+            raise ValueError(f"history_dropout={history_dropout}: expected a share in [0, 1)")
         self.normalize = normalize
+        self.history_dropout = history_dropout
+        self.histories = [f["name"] for f in fitted if f["kind"] == "history"]
         self.embeddings = nn.ModuleDict()
         self.bags = nn.ModuleDict()
         self.dense_inputs: list[str] = []
@@ -75,7 +83,14 @@ class Tower(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [table(features[name]) for name, table in self.embeddings.items()]
-        parts += [bag(features[name]) for name, bag in self.bags.items()]
+        parts += [bag(self._dropped(name, features[name])) for name, bag in self.bags.items()]
         parts += [features[name][:, None] for name in self.dense_inputs]
         x = self.mlp(torch.cat(parts, dim=1))
         return nn.functional.normalize(x, dim=-1) if self.normalize else x
+
+    def _dropped(self, name: str, codes: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` codes with a random ``history_dropout`` share set to the padding code 0
+        (history features, training only)."""
+        if not (self.training and self.history_dropout > 0 and name in self.histories):
+            return codes
+        return codes.masked_fill(torch.rand(codes.shape, device=codes.device) < self.history_dropout, 0)

@@ -44,10 +44,11 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
         dropout: float = 0.0,
         normalize: bool = True,
         feature_set: str = "all",
+        history_dropout: float = 0.0,
     ):
         super().__init__()
         fitted = select_features(fitted, feature_set)
-        self.user_tower = Tower(fitted["user"], embedding_dim, mlp, dropout, normalize)
+        self.user_tower = Tower(fitted["user"], embedding_dim, mlp, dropout, normalize, history_dropout=history_dropout)
         self.item_tower = Tower(fitted["item"], embedding_dim, mlp, dropout, normalize)
 
     def encode_users(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
