@@ -247,3 +247,24 @@ def test_history_feature_is_built_from_training_positives_and_hides_the_target()
     # ...while the same users' stored histories do contain most of those targets.
     stored = data.user_features["history"][batch["user"]["index"]]
     assert (stored == target_codes[:, None]).any(1).float().mean() > 0.3
+
+
+def test_history_dropout_hides_a_share_of_the_history_in_training_only():
+    from twotower.models.tower import Tower
+
+    fitted = [{"name": "user_id", "kind": "id", "cardinality": 5}, {"name": "history", "kind": "history", "cardinality": 11}]
+    tower = Tower(fitted, embedding_dim=4, mlp=[], normalize=False, history_dropout=0.25)
+    codes = torch.randint(1, 11, (400, 50), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    dropped = tower._dropped("history", codes)
+    # Binomial(20,000, 0.25): standard deviation 61 hidden codes; a bound of 5 of them.
+    assert abs(int((dropped == 0).sum()) - 5000) < 300
+    assert torch.equal(dropped[dropped != 0], codes[dropped != 0])  # the rest untouched
+    assert tower._dropped("user_id", codes) is codes  # only history features
+    tower.eval()
+    assert tower._dropped("history", codes) is codes
+    features = {"user_id": torch.tensor([0, 1]), "history": torch.tensor([[1, 2, 0], [3, 0, 0]])}
+    expected_history = torch.stack([tower.bags["history"].weight[[1, 2]].mean(0), tower.bags["history"].weight[3]])
+    torch.testing.assert_close(tower(features)[:, 4:], expected_history)  # eval: the mean of every history item
+    with pytest.raises(ValueError, match=r"history_dropout=1.0: expected a share in \[0, 1\)"):
+        Tower(fitted, history_dropout=1.0)

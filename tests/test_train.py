@@ -1,6 +1,8 @@
 """End-to-end runs through the real Hydra config, every output in tmp_path."""
 
+import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -114,3 +116,25 @@ def test_evaluation_does_not_depend_on_the_user_chunk_size(tmp_path, tiny_overri
     chunked = train(compose_config(base + ["data.eval_batch_size=7"], output_dir=tmp_path / "chunked"))
     for key in ("test/recall@10", "test/ndcg@20", "test/mrr@100", "test/coverage@50", "test/cold/precision@10"):
         assert chunked[key] == pytest.approx(whole[key]), key
+
+
+def test_cosine_schedule_steps_the_learning_rate_every_epoch(tmp_path, tiny_overrides):
+    """scheduler=cosine: epoch e trains at eta_min + (lr - eta_min) (1 + cos(pi e / T)) / 2, logged per epoch."""
+    overrides = tiny_overrides + ["scheduler=cosine", "trainer.max_epochs=3", "model.optimizer.lr=0.01", "eval.patience=null"]
+    train(compose_config(overrides, output_dir=tmp_path / "run"))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "csv" / "metrics.csv", newline="")))
+    logged = [float(row["lr-Adam"]) for row in rows if row.get("lr-Adam")]
+    expected = [0.01 * (1 + math.cos(math.pi * epoch / 3)) / 2 for epoch in range(3)]  # 0.01, 0.0075, 0.0025
+    assert logged == pytest.approx(expected, rel=1e-6)
+
+
+def test_plateau_schedule_cuts_the_learning_rate_when_validation_stalls(tmp_path, tiny_overrides):
+    """scheduler=plateau, patience 0, and an improvement threshold no NDCG can pass (+1): every
+    validation after the first stalls, so each later epoch trains at `factor` times the one before."""
+    overrides = tiny_overrides + ["scheduler=plateau", "model.scheduler.patience=0", "model.scheduler.factor=0.5",
+                                  "+model.scheduler.threshold_mode=abs", "+model.scheduler.threshold=1",
+                                  "trainer.max_epochs=4", "model.optimizer.lr=0.01", "eval.patience=null"]  # fmt: skip
+    train(compose_config(overrides, output_dir=tmp_path / "run"))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "csv" / "metrics.csv", newline="")))
+    logged = [float(row["lr-Adam"]) for row in rows if row.get("lr-Adam")]
+    assert logged == pytest.approx([0.01, 0.01, 0.005, 0.0025], rel=1e-6)

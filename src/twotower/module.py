@@ -24,7 +24,10 @@ class RetrievalModule(L.LightningModule):
     """``model``: has ``encode_users``/``encode_items`` (representations of a
     batch of users / items) and ``score_pairs``/``score_matrix`` (their scores);
     ``loss``: a callable on :class:`ScoredBatch`; ``optimizer``: a partial
-    taking the parameters; ``ks``: cut-offs for the ranking metrics."""
+    taking the parameters; ``scheduler``: a partial taking the optimizer, or
+    ``None`` for a constant learning rate, stepped once per epoch (``monitor``: the
+    validation metric a plateau scheduler watches); ``ks``: cut-offs for the
+    ranking metrics."""
 
     def __init__(
         self,
@@ -37,6 +40,8 @@ class RetrievalModule(L.LightningModule):
         fitted_features: dict | None = None,
         frequency_estimator: StreamingFrequencyEstimator | None = None,
         eval_backend: str = "torch",
+        scheduler: Callable | None = None,
+        monitor: str | None = None,
     ):
         super().__init__()
         if not ks or min(ks) < 1:
@@ -44,6 +49,7 @@ class RetrievalModule(L.LightningModule):
         self.model = model
         self.loss = loss
         self.optimizer_factory = optimizer
+        self.scheduler_factory, self.monitor = scheduler, monitor
         self.ks = sorted(ks)
         self.register_buffer("item_counts", item_counts.float(), persistent=False)
         # Stored in every checkpoint, so a checkpoint describes itself.
@@ -112,15 +118,12 @@ class RetrievalModule(L.LightningModule):
         if self._epoch_examples:  # the mean over the epoch's examples, averaged over ranks
             self.log("train/loss", self._epoch_loss_sum / self._epoch_examples, prog_bar=True, sync_dist=True)
 
-    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
-        # Batches are built on the CPU: on a CPU run there is nothing to move, and walking
-        # the nested batch to find that out costs about half a millisecond a step.
-        if device.type == "cpu":
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def configure_optimizers(self):
-        return self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch", "monitor": self.monitor}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ---- evaluation: exact full ranking ---------------------------------------
     @torch.no_grad()

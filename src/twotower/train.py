@@ -103,6 +103,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         fitted_features=data.fitted,
         frequency_estimator=getattr(datamodule.sampler, "frequency_estimator", None),
         eval_backend=eval_backend,
+        scheduler=build(cfg.model.scheduler) if model_trainable and cfg.model.get("scheduler") else None,
+        monitor=cfg.eval.monitor,
     )
     log.info(
         "data %s: %d users, %d items, %d training examples; val %d users, test %d users",
@@ -138,9 +140,12 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     group = cfg.logger.wandb.group or sweep_name() or labels.get("experiment")
     exit_code = 1
     try:
+        loggers = build_loggers(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, config, group, tags)
+        if module.scheduler_factory is not None and loggers:
+            callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="epoch"))  # lr per epoch in the logs
         trainer = build(
             cfg.trainer,
-            logger=build_loggers(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, config, group, tags),
+            logger=loggers,
             callbacks=callbacks,
             default_root_dir=str(run_dir),
             plugins=[AtomicCheckpointIO()],
