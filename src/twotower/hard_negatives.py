@@ -249,7 +249,7 @@ class HardNegativeMiner(L.Callback):
                 window = torch.full((dm.data.num_users, sampler.window), -1, dtype=torch.long)
                 for start in range(0, len(users), self.chunk):
                     u = users[start : start + self.chunk]
-                    feats = {k: v.to(device) for k, v in gather(dm.data.user_features, u).items()}
+                    feats = {k: v.to(device) for k, v in gather(dm.user_features, u).items()}
                     window[u] = mine_rank_window(
                         model.encode_users(feats), item_vecs, u, dm.data.is_train_positive,
                         sampler.lo, sampler.hi, chunk=self.chunk, score_matrix=model.score_matrix,

@@ -89,6 +89,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         datamodule.save_artifacts(run_dir)
     data = datamodule.data
     model = build(cfg.model.net)(data)
+    if hasattr(model, "read_features"):
+        datamodule.read_only(model.read_features)
     on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
     eval_backend = choose_backend(cfg.eval.backend, getattr(model, "factorizes", False), data.num_items, on_gpu)
     if eval_backend == "faiss":

@@ -81,6 +81,11 @@ class Tower(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.output_dim = width
 
+    @property
+    def input_names(self) -> list[str]:
+        """The feature tensors ``forward`` reads (a bucketized feature's is ``name + BUCKET_SUFFIX``)."""
+        return [*self.embeddings, *self.bags, *self.dense_inputs]
+
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [table(features[name]) for name, table in self.embeddings.items()]
         parts += [bag(self._dropped(name, features[name])) for name, bag in self.bags.items()]

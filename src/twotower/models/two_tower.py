@@ -32,7 +32,8 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
     which is the cosine similarity when the towers normalize their outputs.
 
     ``feature_set="ids"`` keeps only the ID features (the matrix-completion
-    baseline, and the ID-only two-tower model)."""
+    baseline, and the ID-only two-tower model). ``torch_compile``: compile both
+    towers with ``torch.compile`` (see docs/BENCHMARKS.md for where it pays off)."""
 
     trainable = True
 
@@ -45,11 +46,22 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
         normalize: bool = True,
         feature_set: str = "all",
         history_dropout: float = 0.0,
+        torch_compile: bool = False,
     ):
         super().__init__()
         fitted = select_features(fitted, feature_set)
         self.user_tower = Tower(fitted["user"], embedding_dim, mlp, dropout, normalize, history_dropout=history_dropout)
         self.item_tower = Tower(fitted["item"], embedding_dim, mlp, dropout, normalize)
+        if torch_compile:
+            # In place (nn.Module.compile): parameter names, checkpoints and export are unchanged.
+            # Dynamic shapes: batches, negatives and evaluation chunks vary in size.
+            self.user_tower.compile(dynamic=True)
+            self.item_tower.compile(dynamic=True)
+
+    @property
+    def read_features(self) -> dict[str, list[str]]:
+        """The features each tower reads (the data module gathers no others)."""
+        return {"user": self.user_tower.input_names, "item": self.item_tower.input_names}
 
     def encode_users(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, D]`` user vectors."""
@@ -67,6 +79,7 @@ class PopularityModel(InnerProductScorer, nn.Module):
     its training count) so it runs through the same evaluation."""
 
     trainable = False
+    read_features = {"user": [], "item": []}  # the dense index alone
 
     def __init__(self, item_counts: torch.Tensor):
         super().__init__()
