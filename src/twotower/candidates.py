@@ -81,25 +81,34 @@ class PositiveLookup:
         """``users``: ``[B]``; ``columns``: ``[C]`` item ids shared by every row -> bool ``[B, C]``."""
         if self.dense is not None:
             return self(users, columns[None, :])
-        mask = torch.zeros(len(users), len(columns), dtype=torch.bool)
         start, lengths = self.ptr[users], self.ptr[users + 1] - self.ptr[users]
         total = int(lengths.sum())
         if total == 0 or len(columns) == 0:
-            return mask
+            return torch.zeros(len(users), len(columns), dtype=torch.bool)
         # Every (batch row, positive item) pair of the batch's users.
         row = torch.repeat_interleave(torch.arange(len(users)), lengths)
         offset = torch.arange(total) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
-        item = self.items[torch.repeat_interleave(start, lengths) + offset]
-        # Which columns hold that item: a range of the sorted columns.
-        order = torch.argsort(columns)
-        sorted_columns = columns[order]
-        lo = torch.searchsorted(sorted_columns, item)
-        count = torch.searchsorted(sorted_columns, item, right=True) - lo
-        hit = count > 0
-        row, lo, count = row[hit], lo[hit], count[hit]
-        within = torch.arange(int(count.sum())) - torch.repeat_interleave(count.cumsum(0) - count, count)
-        mask[torch.repeat_interleave(row, count), order[torch.repeat_interleave(lo, count) + within]] = True
-        return mask
+        item = self.items.index_select(0, torch.repeat_interleave(start, lengths) + offset)
+        # Which distinct column each positive is, in O(1) per positive: a catalogue-sized table
+        # kept between calls holds the distinct columns' slots for this call only (binary
+        # searches of every positive in the sorted columns were 55 % of a 1M-item batch).
+        distinct, column_slot = torch.unique(columns, return_inverse=True)
+        table = self._slots()
+        table[distinct] = torch.arange(len(distinct), dtype=table.dtype)
+        slot = table.index_select(0, item)
+        table[distinct] = -1
+        hit = slot >= 0
+        # Laid out [distinct column, row] so that expanding to the columns copies whole rows
+        # (index_select along dim 1 was 80x slower); the transpose is a view.
+        by_slot = torch.zeros(len(distinct), len(users), dtype=torch.bool)
+        by_slot[slot[hit].long(), row[hit]] = True
+        return by_slot.index_select(0, column_slot).T
+
+    def _slots(self) -> torch.Tensor:
+        """``[num_items]`` int32, -1 everywhere between calls of :meth:`shared`."""
+        if getattr(self, "_slot_table", None) is None:
+            self._slot_table = torch.full((self.num_items,), -1, dtype=torch.int32)
+        return self._slot_table
 
 
 @dataclass
