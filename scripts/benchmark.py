@@ -105,6 +105,7 @@ CONFIGS = {
     # Not in the default set (--configs ...): what bf16 autocast and torch.compile do on this machine.
     "in_batch_bf16": ("two_tower listwise in-batch+logQ, bf16-mixed", ["trainer.precision=bf16-mixed"]),
     "in_batch_compiled": ("two_tower listwise in-batch+logQ, torch.compile", ["model.net.torch_compile=true"]),
+    "mc_4096": ("matrix_completion (mse), batch 4096", ["model=matrix_completion", "data.batch_size=4096"]),
     "in_batch_1024": ("two_tower listwise in-batch+logQ, batch 1024", ["data.batch_size=1024"]),
     "in_batch_2048": ("two_tower listwise in-batch+logQ, batch 2048", ["data.batch_size=2048"]),
 }
