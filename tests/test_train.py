@@ -138,3 +138,23 @@ def test_plateau_schedule_cuts_the_learning_rate_when_validation_stalls(tmp_path
     rows = list(csv.DictReader(open(tmp_path / "run" / "csv" / "metrics.csv", newline="")))
     logged = [float(row["lr-Adam"]) for row in rows if row.get("lr-Adam")]
     assert logged == pytest.approx([0.01, 0.01, 0.005, 0.0025], rel=1e-6)
+
+
+@pytest.mark.parametrize("model", ["two_tower_ids", "two_tower"])
+def test_batches_carry_only_the_features_the_towers_read(model, tiny_overrides):
+    from twotower.config import build
+    from twotower.train import build_datamodule
+
+    cfg = compose_config(tiny_overrides + [f"model={model}"])
+    dm = build_datamodule(cfg, train_on="positives")
+    dm.setup()
+    net = build(cfg.model.net)(dm.data)
+    dm.read_only(net.read_features)
+    batch = dm.train_batch(torch.arange(16), torch.Generator().manual_seed(0))
+    assert set(batch["user"]) == {*net.user_tower.input_names, "index"}
+    assert set(batch["pos"]) == {*net.item_tower.input_names, "index"}
+    if model == "two_tower_ids":
+        assert net.read_features == {"user": ["user_id"], "item": ["item_id"]}
+    else:  # every declared feature, a bucketized one under its bucket name
+        assert {"age", "age__bucket", "occupation"} <= set(net.read_features["user"])
+    assert net.encode_users(batch["user"]).shape == (16, 64) and net.encode_items(batch["pos"]).shape == (16, 64)

@@ -142,8 +142,7 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def read_only(self, features: dict[str, list[str]]) -> None:
         """Gather only these features (``{"user": names, "item": names}``) into batches:
-        the ones the model reads. An ID-only model then builds its batches from the IDs
-        alone (the matrix-completion step was a fifth batch construction)."""
+        the ones the model reads (matrix completion gathered 10 feature tensors to use 2)."""
         self.read_features = features
 
     def _features(self, side: str) -> dict[str, torch.Tensor]:
