@@ -152,15 +152,6 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
             default_root_dir=str(run_dir),
             plugins=[AtomicCheckpointIO()],
         )
-        # The workers of a spawned run are gone after fit: testing in new ones costs their
-        # start-up again (10-20 s on a CPU) for metrics that every rank computes identically,
-        # so this process tests, on one device.
-        tester = trainer
-        if getattr(trainer.strategy, "_start_method", None) == "spawn":
-            tester = build(
-                cfg.trainer, devices=1, num_nodes=1, strategy="auto", logger=trainer.loggers, callbacks=[],
-                default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
-            )  # fmt: skip
         metrics: dict[str, float] = {}
         if model_trainable:
             if resume_from is not None:
@@ -171,9 +162,9 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
                 # The checkpoint that is tested; what a hyper-parameter search should optimize.
                 metrics[f"best/{cfg.eval.monitor}"] = float(checkpoint.best_model_score)
             best = checkpoint.best_model_path or None
-            tester.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+            tester(trainer, cfg).test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
         else:
-            tester.test(module, datamodule=datamodule, verbose=False)
+            tester(trainer, cfg).test(module, datamodule=datamodule, verbose=False)
         metrics.update(module.test_metrics)
         if not writes_files:
             return metrics
@@ -184,6 +175,18 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         return metrics
     finally:
         finish_wandb(exit_code)
+
+
+def tester(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
+    """The Trainer that tests: ``trainer`` itself, except after a spawned fit. Its workers
+    are gone then, and testing in new ones costs their start-up again (10-20 s on a CPU)
+    for metrics that every rank computes identically, so this process tests, on one device."""
+    if getattr(trainer.strategy, "_start_method", None) != "spawn":
+        return trainer
+    return build(
+        cfg.trainer, devices=1, num_nodes=1, strategy="auto", logger=trainer.loggers, callbacks=[],
+        default_root_dir=trainer.default_root_dir, plugins=[AtomicCheckpointIO()],
+    )  # fmt: skip
 
 
 def run_task(cfg: DictConfig) -> float | None:
