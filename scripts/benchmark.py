@@ -470,12 +470,12 @@ def tower_info(module) -> dict:
     for side in ("user_tower", "item_tower"):
         tower = getattr(module.model, side)
         linear = [m for m in tower.mlp if isinstance(m, nn.Linear)]
-        emb = sum(p.numel() for p in [*tower.embeddings.parameters(), *tower.bags.parameters()])
+        emb = sum(p.numel() for p in [*(tower.table.parameters() if tower.table else []), *tower.bags.parameters()])
         out[side] = {
             "params": sum(p.numel() for p in tower.parameters()),
             "embedding_params": emb,
             "mlp_params": sum(p.numel() for m in linear for p in m.parameters()),
-            "inputs": list(tower.embeddings.keys()) + list(tower.bags.keys()) + list(tower.dense_inputs),
+            "inputs": tower.input_names,
             "mlp": [[m.in_features, m.out_features] for m in linear],
             "output_dim": tower.output_dim,
             "forward_mlp_flops_per_vector": sum(2 * m.in_features * m.out_features for m in linear),
@@ -681,7 +681,8 @@ def hand_loss(model, loss_fn, batch):
     in_batch = positives if batch["in_batch"] else None
     pos, neg = score_candidates(users, positives, extra, in_batch, model.score_pairs, model.score_matrix)
     scored = ScoredBatch(pos=pos, neg=neg, neg_valid=batch.get("valid"), pos_logq=batch.get("pos_logq"),
-                         neg_logq=batch.get("neg_logq"), rating=batch["rating"])  # fmt: skip
+                         neg_logq=batch.get("neg_logq"), rating=batch["rating"],
+                         pos_column=batch.get("pos_column"), neg_bias=batch.get("neg_bias"))  # fmt: skip
     return loss_fn(scored)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower.candidates import PositiveLookup, build_layout, distinct_ids, score_candidates
+from twotower.candidates import PositiveLookup, build_layout, distinct_ids, logit_bias, mask_value, score_candidates
 from twotower.samplers import Negatives
 
 # A 4-user batch over a 15-item catalogue.
@@ -139,6 +139,30 @@ def test_shared_extra_negatives_follow_in_batch_columns():
         torch.testing.assert_close(layout.neg_logq[b, :4], pos_logq)
         torch.testing.assert_close(layout.neg_logq[b, 4:], extra_logq)
     torch.testing.assert_close(layout.pos_logq, pos_logq)
+
+
+def test_logit_bias_by_hand():
+    """-log q on valid cells, the mask value on invalid ones, except the positive's own column."""
+    valid = torch.tensor([[False, True, False], [True, False, True]])
+    logq = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, -3.0]])
+    m = mask_value(torch.float32)
+    assert torch.equal(logit_bias(valid, logq), torch.tensor([[m, 2.0, m], [1.0, m, 3.0]]))
+    # Row 0's positive is column 0, row 1's column 1: they keep their -log q.
+    assert torch.equal(logit_bias(valid, logq, torch.tensor([0, 1])), torch.tensor([[1.0, 2.0, m], [1.0, 2.0, 3.0]]))
+    assert torch.equal(logit_bias(valid, None), torch.tensor([[m, 0.0, m], [0.0, m, 0.0]]))
+    assert torch.equal(logit_bias(None, logq), -logq)
+    assert logit_bias(None, None) is None
+
+
+def test_layout_names_each_users_own_column_and_its_bias():
+    pos_logq = torch.tensor([-0.5, -0.6, -0.5, -0.7])
+    extra = torch.tensor([3, 10, 12])
+    neg = Negatives(items=extra, in_batch=True, items_logq=torch.tensor([-1.0, -2.0, -3.0]), positives_logq=pos_logq)
+    layout = build_layout(USERS, POSITIVES, neg, lookup())
+    assert torch.equal(layout.pos_column, torch.arange(4))
+    assert torch.equal(layout.neg_bias, logit_bias(layout.valid, layout.neg_logq, layout.pos_column))
+    assert torch.equal(layout.neg_bias.diagonal(), -pos_logq)  # not masked: the softmax's label
+    assert build_layout(USERS, POSITIVES, Negatives(items=extra), lookup()).pos_column is None  # no in-batch columns
 
 
 def test_shared_extra_without_in_batch_and_mixed_logq_zeros():

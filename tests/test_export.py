@@ -41,7 +41,9 @@ def test_export_writes_every_file(export_dir):
     vectors = np.load(export_dir / "item_vectors.npy")
     assert vectors.dtype == np.float32 and vectors.shape[0] == len(json.loads((export_dir / "item_ids.json").read_text()))
     quality = json.loads((export_dir / "ann_quality.json").read_text())
-    assert quality["recall@k"] == 1.0 and quality["k"] == min(100, len(vectors)) and quality["qps"] > 0
+    # Exact against exact: FAISS and torch sum in different orders, so two near-tied items at
+    # the 100th place may swap (one miss in 94,300 is 0.99999).
+    assert quality["recall@k"] > 0.9999 and quality["k"] == min(100, len(vectors)) and quality["qps"] > 0
     manifest = json.loads((export_dir / "index" / "manifest.json").read_text())
     assert manifest["source"]["model"] == "two_tower" and manifest["source"]["checkpoint"].endswith("best.ckpt")
     assert not [p for p in export_dir.parent.iterdir() if p.name.startswith(".export.tmp")]

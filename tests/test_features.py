@@ -268,3 +268,75 @@ def test_history_dropout_hides_a_share_of_the_history_in_training_only():
     torch.testing.assert_close(tower(features)[:, 4:], expected_history)  # eval: the mean of every history item
     with pytest.raises(ValueError, match=r"history_dropout=1.0: expected a share in \[0, 1\)"):
         Tower(fitted, history_dropout=1.0)
+
+
+@pytest.mark.parametrize("num_rows", [20, 1000])
+def test_bag_mean_equals_embedding_bag_on_both_paths(num_rows):
+    """The dense path (small vocabularies) and EmbeddingBag's own give the same means and
+    gradients; padding (code 0) is left out, a row of padding gives zeros."""
+    from torch import nn
+
+    from twotower.models.tower import DENSE_BAG_MAX_ROWS, bag_mean
+
+    assert (num_rows <= DENSE_BAG_MAX_ROWS) == (num_rows == 20)  # one case per path
+    torch.manual_seed(0)
+    bag = nn.EmbeddingBag(num_rows, 4, mode="mean", padding_idx=0)
+    codes = torch.tensor([[3, 5, 0, 0], [7, 7, 2, 0], [0, 0, 0, 0]])
+    out = bag_mean(bag, codes)
+    w = bag.weight.detach()
+    expected = torch.stack([(w[3] + w[5]) / 2, (2 * w[7] + w[2]) / 3, torch.zeros(4)])
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    grad = torch.zeros_like(w)
+    grad[[3, 5]] += 0.5
+    grad[7] += 2 / 3
+    grad[2] += 1 / 3
+    torch.testing.assert_close(bag.weight.grad, grad)
+
+
+def test_single_valued_features_share_one_table_and_old_checkpoints_load():
+    """Each single-valued feature looks up its own block of the shared table; a state dict
+    with one table per feature (checkpoints from before the table was shared) loads into it."""
+    from twotower.models.tower import Tower
+
+    fitted = [
+        {"name": "user_id", "kind": "id", "cardinality": 4},
+        {"name": "gender", "kind": "categorical", "cardinality": 3},
+        {"name": "age", "kind": "continuous", "mean": 30.0, "std": 10.0, "boundaries": [20.0], "cardinality": 3},
+    ]
+    tower = Tower(fitted, embedding_dim=2, mlp=[], normalize=False)
+    assert tower.input_names == ["user_id", "gender", "age__bucket", "age"]
+    assert tower.table.weight.shape == (4 + 3 + 3, 2)
+    features = {"user_id": torch.tensor([3, 0]), "gender": torch.tensor([1, 2]),
+                "age__bucket": torch.tensor([2, 0]), "age": torch.tensor([0.5, -1.0])}  # fmt: skip
+    w = tower.table.weight.detach()
+    expected = torch.stack([torch.cat([w[3], w[4 + 1], w[7 + 2], torch.tensor([0.5])]),
+                            torch.cat([w[0], w[4 + 2], w[7 + 0], torch.tensor([-1.0])])])  # fmt: skip
+    torch.testing.assert_close(tower(features), expected)
+    old_format = {f"embeddings.{name}.weight": block.clone()
+                  for name, block in zip(["user_id", "gender", "age__bucket"], w.split([4, 3, 3]))}  # fmt: skip
+    fresh = Tower(fitted, embedding_dim=2, mlp=[], normalize=False)
+    fresh.load_state_dict(old_format)
+    torch.testing.assert_close(fresh(features), expected)
+
+
+def test_packed_features_gather_the_same_rows_as_one_gather_per_feature():
+    """Packing one-column features by dtype changes how rows are gathered, not what: each
+    feature's gathered rows equal ``gather``'s, multi-column features included."""
+    from twotower.data.datamodule import PackedFeatures, gather
+
+    g = torch.Generator().manual_seed(0)
+    features = {
+        "user_id": torch.arange(10),
+        "gender": torch.randint(0, 3, (10,), generator=g),
+        "age": torch.rand(10, generator=g),
+        "income": torch.rand(10, generator=g),
+        "history": torch.randint(0, 7, (10, 4), generator=g),
+    }
+    packed = PackedFeatures(features)
+    assert len(packed.matrices) == 2 and list(packed.others) == ["history"]  # int64, float32; one 2-D
+    index = torch.tensor([7, 2, 2, 9])
+    expected, got = gather(features, index), packed.gather(index)
+    assert set(got) == set(expected)
+    for name, rows in expected.items():
+        assert got[name].dtype == rows.dtype and torch.equal(got[name], rows), name

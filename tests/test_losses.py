@@ -40,6 +40,34 @@ def test_listwise_softmax_loss_matches_hand_computed_2x3():
     assert loss.item() == pytest.approx((math.log(1 + math.exp(-1) + math.exp(-2)) + math.log(1 + 2 * math.e)) / 2, abs=1e-6)
 
 
+def test_listwise_with_the_positive_as_a_column_equals_a_separate_positive():
+    """In-batch: with ``pos_column`` the softmax runs over the columns with the positive's own
+    column as the label; the loss and its gradients equal those of the positive scored apart
+    and its column masked (logQ correction and accidental hits included)."""
+    torch.manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
+    items = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
+    logq = torch.log(torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15]))
+    valid = ~torch.eye(5, dtype=torch.bool)
+    valid[1, 3] = valid[4, 0] = False  # accidental hits
+    results = []
+    for as_column in (False, True):
+        u, v = users.clone().requires_grad_(), items.clone().requires_grad_()
+        batch = ScoredBatch(pos=(u * v).sum(-1), neg=u @ v.T, neg_valid=valid, pos_logq=logq,
+                            neg_logq=logq.expand(5, 5), pos_column=torch.arange(5) if as_column else None)  # fmt: skip
+        loss = ListwiseLoss(temperature=0.2)(batch)
+        loss.backward()
+        results.append((loss, u.grad, v.grad))
+    for separate, column in zip(*results):
+        torch.testing.assert_close(separate, column)
+    # By hand for row 1: logits s/tau - log q over columns 0, 1 (label), 2, 4 (3 is masked).
+    s = users @ items.T / 0.2 - logq
+    row1 = -(s[1, 1] - torch.logsumexp(s[1, [0, 1, 2, 4]], 0))
+    rows = [-(s[b, b] - torch.logsumexp(s[b][valid[b] | (torch.arange(5) == b)], 0)) for b in range(5)]
+    torch.testing.assert_close(rows[1], row1)
+    torch.testing.assert_close(results[1][0], torch.stack(rows).mean())
+
+
 def test_listwise_softmax_loss_2x2_single_negative():
     # One negative per row: -log sigmoid(pos - neg).
     # Row 0: pos=1, neg=0: log(1 + e^-1) = 0.3132616875; row 1: pos=0, neg=0: log 2 = 0.6931471806.

@@ -118,7 +118,9 @@ class CandidateLayout:
     ``extra_items``: ids of sampled negatives, ``[M]`` (shared) or ``[B, n]``
     (per example), or ``None``; ``valid``: ``[B, C]`` bool, False for a user's
     own positive and for accidental hits; ``neg_logq``: ``[B, C]`` or ``None``;
-    ``pos_logq``: ``[B]`` or ``None``.
+    ``pos_logq``: ``[B]`` or ``None``; ``pos_column``: ``[B]`` the column holding each
+    user's own positive (in-batch), or ``None``; ``neg_bias``: :func:`logit_bias` of the
+    above, ``[B, C]`` or ``None``.
     """
 
     in_batch: bool
@@ -126,6 +128,33 @@ class CandidateLayout:
     valid: torch.Tensor | None
     neg_logq: torch.Tensor | None
     pos_logq: torch.Tensor | None
+    pos_column: torch.Tensor | None = None
+    neg_bias: torch.Tensor | None = None
+
+
+def logit_bias(
+    valid: torch.Tensor | None, neg_logq: torch.Tensor | None, pos_column: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """What is added to each negative column's logit, ``[B, C]``: ``-log q`` (0 without a logQ
+    correction) where the column is a valid negative, :func:`mask_value` where it is not,
+    except each user's own positive's column ``pos_column`` ``[B]`` (in-batch), which keeps
+    its ``-log q`` so that a softmax can take it as the label. Computed once with the batch,
+    it replaces a subtraction and a masking pass over ``[B, C]`` in every training step.
+    ``None`` when there is neither a mask nor a correction."""
+    if valid is None and neg_logq is None:
+        return None
+    if neg_logq is None:
+        correction = 0.0
+    elif neg_logq.dim() == 2 and neg_logq.stride(0) == 0:
+        correction = -neg_logq[:1]  # one row expanded to all (in-batch): negate it once, broadcast
+    else:
+        correction = -neg_logq
+    if valid is None:
+        return correction.expand(neg_logq.shape).contiguous()
+    if pos_column is not None:
+        valid = valid.clone()
+        valid[torch.arange(len(valid), device=valid.device), pos_column] = True
+    return torch.where(valid, correction, mask_value(torch.float32))
 
 
 def build_layout(
@@ -156,10 +185,15 @@ def build_layout(
         return CandidateLayout(False, None, None, None, None)
     valid = torch.cat(valids, dim=1) if len(valids) > 1 else valids[0]
     neg_logq = None
-    if any(q is not None for q in logqs):
+    if len(logqs) == 1:
+        neg_logq = logqs[0]  # in-batch alone: an expanded view of the positives' [B]
+    elif any(q is not None for q in logqs):
         neg_logq = torch.cat([torch.zeros(v.shape) if q is None else q for v, q in zip(valids, logqs)], dim=1)
     pos_logq = negatives.positives_logq if negatives.in_batch else None
-    return CandidateLayout(negatives.in_batch, negatives.items, valid, neg_logq, pos_logq)
+    # In-batch: user b's positive is column b (of the batch the columns are laid out for).
+    pos_column = torch.arange(batch) if negatives.in_batch else None
+    neg_bias = logit_bias(valid, neg_logq, pos_column)
+    return CandidateLayout(negatives.in_batch, negatives.items, valid, neg_logq, pos_logq, pos_column, neg_bias)
 
 
 def keep_hardest(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from twotower.candidates import mask_value
+from twotower.candidates import logit_bias
 
 
 @dataclass
@@ -26,6 +26,11 @@ class ScoredBatch:
     ``neg_valid``: ``[B, C]`` bool, False where a column is not a negative of that row.
     ``pos_logq`` ``[B]`` / ``neg_logq`` ``[B, C]``: log sampling probabilities to subtract
     from the logits (logQ correction), or ``None``.
+    ``pos_column``: ``[B]`` long, the column of ``neg`` that is the user's own positive
+    (in-batch negatives: a valid=False column), or ``None``.
+    ``neg_bias``: ``[B, C]`` the negatives' logit correction as
+    :func:`~twotower.candidates.logit_bias` computes it from the three fields above (the data
+    path builds it with the batch), or ``None`` to have it computed from them.
     ``rating``: ``[B]`` observed ratings (for ``mse``), or ``None``.
     """
 
@@ -35,19 +40,26 @@ class ScoredBatch:
     pos_logq: torch.Tensor | None = None
     neg_logq: torch.Tensor | None = None
     rating: torch.Tensor | None = None
+    pos_column: torch.Tensor | None = None
+    neg_bias: torch.Tensor | None = None
 
 
 def corrected_logits(batch: ScoredBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``s / tau - log q`` for the positive ``[B]`` and the negatives ``[B, C]``
-    (invalid negatives set to a large finite negative)."""
+    (invalid negatives set to a large finite negative; the positive's own column, when
+    ``pos_column`` names one, equal to the positive's logit)."""
     pos = batch.pos / temperature
-    neg = batch.neg / temperature
     if batch.pos_logq is not None:
         pos = pos - batch.pos_logq
-    if batch.neg_logq is not None:
-        neg = neg - batch.neg_logq
-    if batch.neg_valid is not None:
-        neg = neg.masked_fill(~batch.neg_valid, mask_value(neg.dtype))
+    bias = batch.neg_bias
+    if bias is None:
+        bias = logit_bias(batch.neg_valid, batch.neg_logq, batch.pos_column)
+    if bias is None:
+        neg = batch.neg / temperature
+    elif 1 / temperature <= torch.finfo(batch.neg.dtype).max:
+        neg = torch.add(bias, batch.neg, alpha=1 / temperature)  # one pass over [B, C]
+    else:  # 1 / tau overflows the dtype, and so do the logits: the training guard reports it
+        neg = batch.neg / temperature + bias
     return pos, neg
 
 
@@ -133,7 +145,12 @@ class ListwiseLoss:
         _check_number("loss.temperature", self.temperature, strict=True)
 
     def __call__(self, batch: ScoredBatch) -> torch.Tensor:
-        return listwise_softmax_loss(*corrected_logits(batch, self.temperature))
+        pos, neg = corrected_logits(batch, self.temperature)
+        if batch.pos_column is not None:
+            # The positive is one of the columns (in-batch): the same softmax with it as the
+            # label, without concatenating a separate positive column to [B, C].
+            return F.cross_entropy(neg, batch.pos_column)
+        return listwise_softmax_loss(pos, neg)
 
 
 @dataclass

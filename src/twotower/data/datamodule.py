@@ -30,6 +30,33 @@ def gather(features: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, 
     return out
 
 
+class PackedFeatures:
+    """One side's feature tensors ``{name: [N] or [N, L]}`` packed for gathering rows: the
+    one-column features of each dtype are the columns of one ``[N, k]`` matrix, so a batch
+    takes one ``index_select`` per dtype instead of one per feature (each costs tens of
+    microseconds on a CPU: a third of building an ML-100K batch was these calls)."""
+
+    def __init__(self, features: dict[str, torch.Tensor]):
+        by_dtype: dict[torch.dtype, list[str]] = {}
+        self.others: dict[str, torch.Tensor] = {}
+        for name, tensor in features.items():
+            if tensor.dim() == 1:
+                by_dtype.setdefault(tensor.dtype, []).append(name)
+            else:
+                self.others[name] = tensor
+        self.matrices = [(names, torch.stack([features[n] for n in names], dim=1)) for names in by_dtype.values()]
+
+    def gather(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What :func:`gather` returns for the unpacked features: rows ``index`` of every
+        feature (the one-column ones as column views of one gathered matrix), and ``index``."""
+        out = {}
+        for names, matrix in self.matrices:
+            out.update(zip(names, matrix.index_select(0, index).unbind(1)))
+        out.update((name, tensor.index_select(0, index)) for name, tensor in self.others.items())
+        out["index"] = index
+        return out
+
+
 def _csr_slice(ptr: torch.Tensor, values: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """COO (row - start, value) pairs of CSR rows ``start:stop``."""
     lengths = ptr[start + 1 : stop + 1] - ptr[start:stop]
@@ -90,7 +117,7 @@ class EvalBatches(IterableDataset):
             seen_rows, seen_items = _csr_slice(es.seen_ptr, es.seen_items, start, stop)
             target_rows, target_items = _csr_slice(es.target_ptr, es.target_items, start, stop)
             yield {
-                "user": gather(self.dm.user_features, es.users[start:stop]),
+                "user": self.dm.packed("user").gather(es.users[start:stop]),
                 "seen_rows": seen_rows,
                 "seen_items": seen_items,
                 "target_rows": target_rows,
@@ -139,11 +166,19 @@ class RetrievalDataModule(L.LightningDataModule):
         self.epoch = 0
         self.data: PreparedData | None = None
         self.read_features: dict[str, list[str]] | None = None
+        self._packed: dict[str, PackedFeatures] = {}
 
     def read_only(self, features: dict[str, list[str]]) -> None:
         """Gather only these features (``{"user": names, "item": names}``) into batches:
         the ones the model reads (matrix completion gathered 10 feature tensors to use 2)."""
         self.read_features = features
+        self._packed = {}
+
+    def packed(self, side: str) -> PackedFeatures:
+        """The features batches carry on ``side`` (``"user"`` / ``"item"``), packed for gathering."""
+        if side not in self._packed:
+            self._packed[side] = PackedFeatures(self._features(side))
+        return self._packed[side]
 
     def _features(self, side: str) -> dict[str, torch.Tensor]:
         every = self.data.user_features if side == "user" else self.data.item_features
@@ -228,15 +263,15 @@ class RetrievalDataModule(L.LightningDataModule):
         layout = build_layout(users, items, negatives, data.is_train_positive)
         in_batch_items = items  # the in-batch columns: the global batch's positives, or this rank's
         users, items, rows = users[mine], items[mine], rows[mine]
-        user_features, item_features = self.user_features, self.item_features
-        user = gather(user_features, users)
+        user_features, item_features = self.packed("user"), self.packed("item")
+        user = user_features.gather(users)
         for name, codes in self.history_codes.items():
             if name in user:
                 # The positive is in its user's training history: hide it, or the tower learns a lookup.
                 user[name] = user[name].masked_fill(user[name] == codes[items][:, None], 0)
         batch = {
             "user": user,
-            "pos": gather(item_features, items),
+            "pos": item_features.gather(items),
             "rating": ex.rating.index_select(0, rows),
             "in_batch": layout.in_batch,
             # The module gathers the other ranks' positives when the columns span the global batch.
@@ -249,7 +284,7 @@ class RetrievalDataModule(L.LightningDataModule):
             # Each distinct negative goes through the item tower once (B x n draws from a small
             # catalogue repeat a lot); the model maps the vectors back with extra_inverse.
             unique, inverse = distinct_ids(extra.reshape(-1), data.num_items)
-            batch["extra"] = gather(item_features, unique)
+            batch["extra"] = item_features.gather(unique)
             batch["extra_inverse"] = inverse
             batch["extra_per_example"] = extra.dim() == 2
         if negatives.hardest is not None:
@@ -257,7 +292,7 @@ class RetrievalDataModule(L.LightningDataModule):
         if negatives.streaming_logq:
             batch["stream_items"] = stream_items
             batch["in_batch_items"] = in_batch_items
-        for key in ("valid", "neg_logq", "pos_logq"):
+        for key in ("valid", "neg_logq", "pos_logq", "pos_column", "neg_bias"):
             value = getattr(layout, key)
             if value is not None:
                 batch[key] = value[mine]
@@ -283,7 +318,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """The whole catalogue's item features, in chunks of ``chunk_size`` items."""
         for start in range(0, self.data.num_items, chunk_size):
             index = torch.arange(start, min(start + chunk_size, self.data.num_items))
-            yield gather(self.item_features, index)
+            yield self.packed("item").gather(index)
 
     def save_artifacts(self, run_dir: str | Path) -> Path:
         """Write the fitted features (vocabularies, statistics, bucket boundaries) as ``features.json``."""

@@ -24,11 +24,29 @@ def select_features(fitted: dict[str, list[dict]], feature_set: str) -> dict[str
     return {side: [f for f in features if f["kind"] == "id"] for side, features in fitted.items()}
 
 
+# A bag over a vocabulary this small is averaged as a dense [B, vocabulary] weight matrix times
+# the table: a few small operations instead of EmbeddingBag's, whose backward pass sorts
+# (0.1 ms against 0.4 ms a step for MovieLens genres on a CPU).
+DENSE_BAG_MAX_ROWS = 256
+
+
+def bag_mean(bag: nn.EmbeddingBag, codes: torch.Tensor) -> torch.Tensor:
+    """``bag(codes)`` of a mean ``EmbeddingBag`` whose row 0 pads: ``[B, L]`` codes ->
+    ``[B, D]``, the mean of each row's non-zero codes' embeddings (zeros for a row of padding)."""
+    if bag.num_embeddings > DENSE_BAG_MAX_ROWS:
+        return bag(codes)
+    counts = torch.zeros(len(codes), bag.num_embeddings, device=codes.device)
+    counts.scatter_add_(1, codes, torch.ones(codes.shape, device=codes.device))
+    counts[:, 0] = 0  # padding
+    return (counts / counts.sum(1, keepdim=True).clamp_min(1)) @ bag.weight
+
+
 class Tower(nn.Module):
     """Features ``{name: tensor [B] or [B, L]}`` -> vectors ``[B, output_dim]``.
 
     ``fitted``: the tower's fitted features (each with ``name``, ``kind`` and
-    ``cardinality`` where it has a table). ``mlp``: hidden and output sizes;
+    ``cardinality`` where it has a table; the single-valued ones share ``table``, one
+    block of rows each, multi-valued ones have an ``EmbeddingBag`` each). ``mlp``: hidden and output sizes;
     an empty list makes the tower output the concatenated embeddings (the
     matrix-completion baseline: one ID embedding, nothing else).
     ``history_dropout``: in training, the share of each user's history items
@@ -52,13 +70,17 @@ class Tower(nn.Module):
         self.normalize = normalize
         self.history_dropout = history_dropout
         self.histories = [f["name"] for f in fitted if f["kind"] == "history"]
-        self.embeddings = nn.ModuleDict()
+        # Every single-valued feature (ID, categorical, bucket) has a block of rows in one
+        # table: one lookup and one gradient per step instead of one per feature.
+        self.single_inputs: list[str] = []
+        sizes: list[int] = []
         self.bags = nn.ModuleDict()
         self.dense_inputs: list[str] = []
         for f in fitted:
             name, kind = f["name"], f["kind"]
             if kind in ("id", "categorical"):
-                self.embeddings[name] = nn.Embedding(f["cardinality"], embedding_dim)
+                self.single_inputs.append(name)
+                sizes.append(f["cardinality"])
             elif kind in ("multi_categorical", "history"):
                 # Row 0 pads and marks unknown values; it is left out of the mean.
                 self.bags[name] = nn.EmbeddingBag(f["cardinality"], embedding_dim, mode="mean", padding_idx=0)
@@ -66,10 +88,14 @@ class Tower(nn.Module):
                 if "mean" in f:
                     self.dense_inputs.append(name)
                 if "boundaries" in f:
-                    self.embeddings[name + BUCKET_SUFFIX] = nn.Embedding(f["cardinality"], embedding_dim)
-        for table in [*self.embeddings.values(), *self.bags.values()]:
+                    self.single_inputs.append(name + BUCKET_SUFFIX)
+                    sizes.append(f["cardinality"])
+        # The first row of each feature's block: added to its codes.
+        self.register_buffer("block_starts", torch.tensor([0, *sizes[:-1]]).cumsum(0), persistent=False)
+        self.table = nn.Embedding(sum(sizes), embedding_dim) if sizes else None
+        for table in [*([self.table] if sizes else []), *self.bags.values()]:
             nn.init.normal_(table.weight, std=init_std)
-        width = embedding_dim * (len(self.embeddings) + len(self.bags)) + len(self.dense_inputs)
+        width = embedding_dim * (len(self.single_inputs) + len(self.bags)) + len(self.dense_inputs)
         if width == 0:
             raise ValueError("a tower needs at least one feature")
         layers: list[nn.Module] = []
@@ -84,14 +110,25 @@ class Tower(nn.Module):
     @property
     def input_names(self) -> list[str]:
         """The feature tensors ``forward`` reads (a bucketized feature's is ``name + BUCKET_SUFFIX``)."""
-        return [*self.embeddings, *self.bags, *self.dense_inputs]
+        return [*self.single_inputs, *self.bags, *self.dense_inputs]
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = [table(features[name]) for name, table in self.embeddings.items()]
-        parts += [bag(self._dropped(name, features[name])) for name, bag in self.bags.items()]
+        parts = []
+        if self.single_inputs:
+            rows = torch.stack([features[name] for name in self.single_inputs], dim=1) + self.block_starts  # [B, F]
+            parts.append(self.table(rows).flatten(1))  # [B, F * embedding_dim]
+        parts += [bag_mean(bag, self._dropped(name, features[name])) for name, bag in self.bags.items()]
         parts += [features[name][:, None] for name in self.dense_inputs]
         x = self.mlp(torch.cat(parts, dim=1))
         return nn.functional.normalize(x, dim=-1) if self.normalize else x
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the single-valued features shared one table hold one
+        # table per feature (``embeddings.<name>.weight``): stack them into the shared one.
+        old = [f"{prefix}embeddings.{name}.weight" for name in self.single_inputs]
+        if old and all(key in state_dict for key in old):
+            state_dict[f"{prefix}table.weight"] = torch.cat([state_dict.pop(key) for key in old])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _dropped(self, name: str, codes: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` codes with a random ``history_dropout`` share set to the padding code 0
