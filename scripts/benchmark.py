@@ -682,7 +682,7 @@ def hand_loss(model, loss_fn, batch):
     pos, neg = score_candidates(users, positives, extra, in_batch, model.score_pairs, model.score_matrix)
     scored = ScoredBatch(pos=pos, neg=neg, neg_valid=batch.get("valid"), pos_logq=batch.get("pos_logq"),
                          neg_logq=batch.get("neg_logq"), rating=batch["rating"],
-                         pos_column=batch.get("pos_column"), neg_bias=batch.get("neg_bias"))  # fmt: skip
+                         pos_column=batch.get("pos_column"))  # fmt: skip
     return loss_fn(scored)
 
 

@@ -119,8 +119,7 @@ class CandidateLayout:
     (per example), or ``None``; ``valid``: ``[B, C]`` bool, False for a user's
     own positive and for accidental hits; ``neg_logq``: ``[B, C]`` or ``None``;
     ``pos_logq``: ``[B]`` or ``None``; ``pos_column``: ``[B]`` the column holding each
-    user's own positive (in-batch), or ``None``; ``neg_bias``: :func:`logit_bias` of the
-    above, ``[B, C]`` or ``None``.
+    user's own positive (in-batch), or ``None``.
     """
 
     in_batch: bool
@@ -129,7 +128,6 @@ class CandidateLayout:
     neg_logq: torch.Tensor | None
     pos_logq: torch.Tensor | None
     pos_column: torch.Tensor | None = None
-    neg_bias: torch.Tensor | None = None
 
 
 def logit_bias(
@@ -138,8 +136,8 @@ def logit_bias(
     """What is added to each negative column's logit, ``[B, C]``: ``-log q`` (0 without a logQ
     correction) where the column is a valid negative, :func:`mask_value` where it is not,
     except each user's own positive's column ``pos_column`` ``[B]`` (in-batch), which keeps
-    its ``-log q`` so that a softmax can take it as the label. Computed once with the batch,
-    it replaces a subtraction and a masking pass over ``[B, C]`` in every training step.
+    its ``-log q`` so that a softmax can take it as the label. One pass over ``[B, C]``
+    where a subtraction and a masking pass, and their gradients, were.
     ``None`` when there is neither a mask nor a correction."""
     if valid is None and neg_logq is None:
         return None
@@ -192,8 +190,7 @@ def build_layout(
     pos_logq = negatives.positives_logq if negatives.in_batch else None
     # In-batch: user b's positive is column b (of the batch the columns are laid out for).
     pos_column = torch.arange(batch) if negatives.in_batch else None
-    neg_bias = logit_bias(valid, neg_logq, pos_column)
-    return CandidateLayout(negatives.in_batch, negatives.items, valid, neg_logq, pos_logq, pos_column, neg_bias)
+    return CandidateLayout(negatives.in_batch, negatives.items, valid, neg_logq, pos_logq, pos_column)
 
 
 def keep_hardest(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:

@@ -28,9 +28,6 @@ class ScoredBatch:
     from the logits (logQ correction), or ``None``.
     ``pos_column``: ``[B]`` long, the column of ``neg`` that is the user's own positive
     (in-batch negatives: a valid=False column), or ``None``.
-    ``neg_bias``: ``[B, C]`` the negatives' logit correction as
-    :func:`~twotower.candidates.logit_bias` computes it from the three fields above (the data
-    path builds it with the batch), or ``None`` to have it computed from them.
     ``rating``: ``[B]`` observed ratings (for ``mse``), or ``None``.
     """
 
@@ -41,7 +38,6 @@ class ScoredBatch:
     neg_logq: torch.Tensor | None = None
     rating: torch.Tensor | None = None
     pos_column: torch.Tensor | None = None
-    neg_bias: torch.Tensor | None = None
 
 
 def corrected_logits(batch: ScoredBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,9 +47,7 @@ def corrected_logits(batch: ScoredBatch, temperature: float) -> tuple[torch.Tens
     pos = batch.pos / temperature
     if batch.pos_logq is not None:
         pos = pos - batch.pos_logq
-    bias = batch.neg_bias
-    if bias is None:
-        bias = logit_bias(batch.neg_valid, batch.neg_logq, batch.pos_column)
+    bias = logit_bias(batch.neg_valid, batch.neg_logq, batch.pos_column)
     if bias is None:
         neg = batch.neg / temperature
     elif 1 / temperature <= torch.finfo(batch.neg.dtype).max:

@@ -83,15 +83,14 @@ class RetrievalModule(L.LightningModule):
             # Under DDP the in-batch columns are every rank's positives (gradients flow back).
             in_batch = gather_with_grad(positives) if batch.get("cross_device") else positives
         pos, neg = score_candidates(users, positives, extra, in_batch, self.model.score_pairs, self.model.score_matrix)
-        valid, neg_bias = batch.get("valid"), batch.get("neg_bias")
+        valid = batch.get("valid")
         if "hardest" in batch and neg is not None:  # online hard-negative mining
-            valid, neg_bias = keep_hardest(neg, valid, batch["hardest"]), None  # the bias follows the new mask
+            valid = keep_hardest(neg, valid, batch["hardest"])
         pos_logq, neg_logq = batch.get("pos_logq"), batch.get("neg_logq")
         if "stream_items" in batch:
             pos_logq, neg_logq = self._streaming_logq(batch, len(users))
-            neg_bias = None
         scored = ScoredBatch(pos=pos, neg=neg, neg_valid=valid, pos_logq=pos_logq, neg_logq=neg_logq,
-                             rating=batch["rating"], pos_column=batch.get("pos_column"), neg_bias=neg_bias)  # fmt: skip
+                             rating=batch["rating"], pos_column=batch.get("pos_column"))  # fmt: skip
         return self.loss(scored)
 
     def _streaming_logq(self, batch: dict, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:

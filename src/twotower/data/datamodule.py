@@ -292,7 +292,7 @@ class RetrievalDataModule(L.LightningDataModule):
         if negatives.streaming_logq:
             batch["stream_items"] = stream_items
             batch["in_batch_items"] = in_batch_items
-        for key in ("valid", "neg_logq", "pos_logq", "pos_column", "neg_bias"):
+        for key in ("valid", "neg_logq", "pos_logq", "pos_column"):
             value = getattr(layout, key)
             if value is not None:
                 batch[key] = value[mine]
