@@ -114,7 +114,9 @@ class Tower(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
-        if self.single_inputs:
+        if len(self.single_inputs) == 1:  # an ID alone (matrix completion, ID towers): its block starts at 0
+            parts.append(self.table(features[self.single_inputs[0]]))
+        elif self.single_inputs:
             rows = torch.stack([features[name] for name in self.single_inputs], dim=1) + self.block_starts  # [B, F]
             parts.append(self.table(rows).flatten(1))  # [B, F * embedding_dim]
         parts += [bag_mean(bag, self._dropped(name, features[name])) for name, bag in self.bags.items()]
