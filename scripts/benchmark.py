@@ -470,7 +470,7 @@ def tower_info(module) -> dict:
     for side in ("user_tower", "item_tower"):
         tower = getattr(module.model, side)
         linear = [m for m in tower.mlp if isinstance(m, nn.Linear)]
-        emb = sum(p.numel() for p in [*(tower.table.parameters() if tower.table else []), *tower.bags.parameters()])
+        emb = sum(p.numel() for p in [*(tower.table.parameters() if tower.table is not None else []), *tower.bags.parameters()])
         out[side] = {
             "params": sum(p.numel() for p in tower.parameters()),
             "embedding_params": emb,
