@@ -137,9 +137,11 @@ def test_unknown_config_option_is_refused_with_the_options():
         (["data.split.val_ratio=0"], ConfigError, ["data.split.val_ratio=0", "eval.monitor=val/ndcg@2"]),
         (["loss=mse", "sampler=in_batch"], ConfigError, ["the loss regresses observed ratings", "use sampler=none"]),
         (["loss=listwise", "sampler=none"], ConfigError, ["the loss needs negatives", "use sampler=in_batch"]),
+        (["progress_bar_refresh_steps=0"], ConfigError, ["progress_bar_refresh_steps=0: expected a positive integer"]),
     ],
     ids=["k_zero", "k_negative", "monitor_k_not_in_ks", "temperature_zero", "temperature_negative", "margin_negative",
-         "sigma_zero", "hard_window_lo_gt_hi", "batch_size_zero", "no_validation_split", "mse_in_batch", "listwise_none"],
+         "sigma_zero", "hard_window_lo_gt_hi", "batch_size_zero", "no_validation_split", "mse_in_batch", "listwise_none",
+         "progress_refresh_zero"],
 )  # fmt: skip
 def test_invalid_config_is_refused_before_any_output(tmp_path, tiny_csv, tiny_overrides, overrides, error, parts):
     refused_before_writing(tmp_path, tiny_overrides + custom(tiny_csv, *overrides), error, parts)

@@ -85,6 +85,9 @@ def check_config(cfg: DictConfig) -> None:
         patience = ev.get("patience")
         if patience is not None and not (_is_int(patience) and patience >= 0):
             raise ConfigError(f"eval.patience={patience}: expected a non-negative integer, or null to never stop early")
+    refresh = cfg.get("progress_bar_refresh_steps")
+    if refresh is not None and not (_is_int(refresh) and refresh >= 1):
+        raise ConfigError(f"progress_bar_refresh_steps={refresh}: expected a positive integer (steps between updates)")
     data = cfg.get("data")
     if data is not None:
         for key in ("batch_size", "eval_batch_size"):
@@ -171,7 +174,7 @@ def _one_line(err: BaseException) -> str:
 
 
 # What may change when a run resumes: how it reports, not what it computes.
-RESUME_OVERRIDABLE = ("logger.", "trainer.enable_progress_bar=", "resume=", "hydra.")
+RESUME_OVERRIDABLE = ("logger.", "trainer.enable_progress_bar=", "progress_bar_refresh_steps=", "resume=", "hydra.")
 
 
 def resumed_config(run_dir: str | os.PathLike, overrides: list[str]) -> DictConfig:
@@ -188,12 +191,12 @@ def resumed_config(run_dir: str | os.PathLike, overrides: list[str]) -> DictConf
     if changed:
         raise ConfigError(
             f"resume={run_dir}: a resumed run keeps its config; refusing the override(s) {changed} "
-            "(only logger.* and trainer.enable_progress_bar may change; start a new run to change the rest)"
+            "(only logger.*, trainer.enable_progress_bar and progress_bar_refresh_steps may change; start a new run to change the rest)"
         )
     cfg = OmegaConf.load(saved)
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
-        if key.startswith(("logger.", "trainer.enable_progress_bar")):
+        if key.startswith(("logger.", "trainer.enable_progress_bar", "progress_bar_refresh_steps")):
             OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=True)
     cfg.resume = str(run_dir)
     cfg.paths.output_dir = str(run_dir)
