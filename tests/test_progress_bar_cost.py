@@ -1,0 +1,27 @@
+"""scripts/progress_bar_cost.py: alternates runs with and without a progress bar and prints
+one row per variant (its timings are for docs/BENCHMARKS.md, not checked here)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "progress_bar_cost.py"
+
+
+def test_progress_bar_cost_prints_a_row_per_variant(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "model=matrix_completion", "data.batch_size=8192", "--refresh", "2", "--repeats", "1", "--epochs", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {m.group(1): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"^(none|updated every 2 steps)\s+([\d.]+)\s+([\d.]+)$", done.stderr, re.M)}  # fmt: skip
+    assert set(rows) == {"none", "updated every 2 steps"}
+    assert all(p25 > 0 and median >= p25 for p25, median in rows.values())
+    assert "Epoch" in done.stdout  # the bar ran (Lightning writes it to stdout)
+
+
+def test_progress_bar_cost_refuses_a_zero_refresh_rate():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--refresh", "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "every --refresh must be >= 1" in done.stderr
