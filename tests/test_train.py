@@ -162,7 +162,7 @@ def test_batches_carry_only_the_features_the_towers_read(model, tiny_overrides):
 
 def test_progress_bar_updates_every_configured_number_of_steps(tmp_path, tiny_overrides, capsys):
     """With the bar on, train() gives Lightning a TQDM bar that refreshes every
-    `progress_bar_refresh_steps` steps (each update costs ~2 ms on a CPU), not at every step."""
+    `progress_bar_refresh_steps` steps (each update costs ~1.5 ms on a CPU), not at every step."""
     import lightning as L
 
     seen = {}

@@ -116,7 +116,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
 
     callbacks = list(callbacks or [])
     if cfg.trainer.get("enable_progress_bar", True):
-        # Lightning's default bar updates at every step: about 2 ms each on a CPU.
+        # Lightning's default bar updates at every step: about 1.5 ms each on a CPU (docs/BENCHMARKS.md).
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=cfg.get("progress_bar_refresh_steps", 1)))
     checkpoint = None
     resume_from = resume_checkpoint(run_dir) if cfg.get("resume") else None
