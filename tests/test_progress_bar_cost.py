@@ -12,7 +12,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "progress_bar_cost.py
 
 
 def test_progress_bar_cost_prints_a_row_per_variant(tmp_path):
-    cmd = [sys.executable, str(SCRIPT), "model=matrix_completion", "data.batch_size=8192", "--refresh", "2", "--repeats", "1", "--epochs", "1"]
+    cmd = [sys.executable, str(SCRIPT), "model=matrix_completion", "data.batch_size=8192",
+           "--refresh", "2", "--repeats", "1", "--epochs", "1"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {m.group(1): (float(m.group(2)), float(m.group(3)))

@@ -23,7 +23,9 @@ import yaml
 DEFAULT_METRICS = ["test/recall@10", "test/recall@50", "test/ndcg@10"]
 DURATION = "duration_s"  # training time, from status.json
 IGNORED_PREFIXES = ("paths.", "hydra.", "logger.")
-IGNORED_KEYS = {"seed", "tags", "task_name", "trainer.enable_progress_bar", "trainer.enable_model_summary", "progress_bar_refresh_steps"}
+IGNORED_KEYS = {
+    "seed", "tags", "task_name", "trainer.enable_progress_bar", "trainer.enable_model_summary", "progress_bar_refresh_steps",
+}  # fmt: skip
 MISSING = "–"  # the value of a key a run's config does not have
 
 Groups = dict[tuple, list["Run"]]  # configuration (values of the varying keys) -> its runs

@@ -191,7 +191,8 @@ def resumed_config(run_dir: str | os.PathLike, overrides: list[str]) -> DictConf
     if changed:
         raise ConfigError(
             f"resume={run_dir}: a resumed run keeps its config; refusing the override(s) {changed} "
-            "(only logger.*, trainer.enable_progress_bar and progress_bar_refresh_steps may change; start a new run to change the rest)"
+            "(only logger.*, trainer.enable_progress_bar and progress_bar_refresh_steps may change; "
+            "start a new run to change the rest)"
         )
     cfg = OmegaConf.load(saved)
     for override in overrides:
