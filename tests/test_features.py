@@ -322,8 +322,8 @@ def test_single_valued_features_share_one_table_and_old_checkpoints_load():
 
 def test_packed_features_gather_the_same_rows_as_one_gather_per_feature():
     """Packing one-column features by dtype changes how rows are gathered, not what: each
-    feature's gathered rows equal ``gather``'s, multi-column features included."""
-    from twotower.data.datamodule import PackedFeatures, gather
+    feature's gathered rows equal its own rows ``index``, multi-column features included."""
+    from twotower.data.datamodule import PackedFeatures
 
     g = torch.Generator().manual_seed(0)
     features = {
@@ -336,7 +336,8 @@ def test_packed_features_gather_the_same_rows_as_one_gather_per_feature():
     packed = PackedFeatures(features)
     assert len(packed.matrices) == 2 and list(packed.others) == ["history"]  # int64, float32; one 2-D
     index = torch.tensor([7, 2, 2, 9])
-    expected, got = gather(features, index), packed.gather(index)
+    expected = {name: tensor[index] for name, tensor in features.items()} | {"index": index}
+    got = packed.gather(index)
     assert set(got) == set(expected)
     for name, rows in expected.items():
         assert got[name].dtype == rows.dtype and torch.equal(got[name], rows), name

@@ -174,7 +174,8 @@ def _one_line(err: BaseException) -> str:
 
 
 # What may change when a run resumes: how it reports, not what it computes.
-RESUME_OVERRIDABLE = ("logger.", "trainer.enable_progress_bar=", "progress_bar_refresh_steps=", "resume=", "hydra.")
+REPORTING_KEYS = ("logger.", "trainer.enable_progress_bar", "progress_bar_refresh_steps")
+RESUME_OVERRIDABLE = (*REPORTING_KEYS, "resume=", "hydra.")
 
 
 def resumed_config(run_dir: str | os.PathLike, overrides: list[str]) -> DictConfig:
@@ -197,7 +198,7 @@ def resumed_config(run_dir: str | os.PathLike, overrides: list[str]) -> DictConf
     cfg = OmegaConf.load(saved)
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
-        if key.startswith(("logger.", "trainer.enable_progress_bar", "progress_bar_refresh_steps")):
+        if key.startswith(REPORTING_KEYS):
             OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=True)
     cfg.resume = str(run_dir)
     cfg.paths.output_dir = str(run_dir)

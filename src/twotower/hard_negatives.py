@@ -232,8 +232,6 @@ class HardNegativeMiner(L.Callback):
         sampler.epoch = trainer.current_epoch
         if not sampler.mining_due:
             return
-        from twotower.data.datamodule import gather  # the data code never imports this module
-
         dm = trainer.datamodule
         model = pl_module.model
         device = pl_module.device
@@ -249,7 +247,7 @@ class HardNegativeMiner(L.Callback):
                 window = torch.full((dm.data.num_users, sampler.window), -1, dtype=torch.long)
                 for start in range(0, len(users), self.chunk):
                     u = users[start : start + self.chunk]
-                    feats = {k: v.to(device) for k, v in gather(dm.user_features, u).items()}
+                    feats = {k: v.to(device) for k, v in dm.packed("user").gather(u).items()}
                     window[u] = mine_rank_window(
                         model.encode_users(feats), item_vecs, u, dm.data.is_train_positive,
                         sampler.lo, sampler.hi, chunk=self.chunk, score_matrix=model.score_matrix,

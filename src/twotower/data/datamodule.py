@@ -21,15 +21,6 @@ from twotower.distributed import split_evenly
 from twotower.samplers import TrainingStats
 
 
-def gather(features: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows ``index`` of every feature tensor, plus the dense ``index`` itself."""
-    # index_select, not t[index]: advanced indexing of a 2-D tensor is 2-3x slower, and far
-    # slower on a busy machine (see docs/BENCHMARKS.md).
-    out = {name: t.index_select(0, index) for name, t in features.items()}
-    out["index"] = index
-    return out
-
-
 class PackedFeatures:
     """One side's feature tensors ``{name: [N] or [N, L]}`` packed for gathering rows: the
     one-column features of each dtype are the columns of one ``[N, k]`` matrix, so a batch
@@ -47,8 +38,9 @@ class PackedFeatures:
         self.matrices = [(names, torch.stack([features[n] for n in names], dim=1)) for names in by_dtype.values()]
 
     def gather(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What :func:`gather` returns for the unpacked features: rows ``index`` of every
-        feature (the one-column ones as column views of one gathered matrix), and ``index``."""
+        """Rows ``index`` of every feature (the one-column ones as column views of one gathered
+        matrix), and the dense ``index`` itself. ``index_select``, not ``t[index]``: advanced
+        indexing of a 2-D tensor is 2-3x slower, far slower on a busy machine."""
         out = {}
         for names, matrix in self.matrices:
             out.update(zip(names, matrix.index_select(0, index).unbind(1)))
@@ -185,16 +177,6 @@ class RetrievalDataModule(L.LightningDataModule):
         if self.read_features is None:
             return every
         return {name: every[name] for name in self.read_features[side]}
-
-    @property
-    def user_features(self) -> dict[str, torch.Tensor]:
-        """The user features batches carry, each ``[num_users, ...]``."""
-        return self._features("user")
-
-    @property
-    def item_features(self) -> dict[str, torch.Tensor]:
-        """The item features batches carry, each ``[num_items, ...]``."""
-        return self._features("item")
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
