@@ -59,8 +59,8 @@ _RANKED_METRIC = re.compile(r"(?:val|test)/(?:warm/|cold/)?([a-z_]+)@(-?\d+)")
 def check_config(cfg: DictConfig) -> None:
     """Refuse values that cannot work, before any data is read or file written; the message
     names the key, the value and what was expected. Checks what no constructor sees early:
-    ``eval`` (cut-offs, the monitored metric), the batch sizes, the positive threshold and a
-    hard-negative rank window. The losses check their own parameters when built, the data
+    ``eval`` (cut-offs, the monitored metric), the batch sizes, the positive threshold, sparse
+    embeddings with an optimizer that refuses them, and a hard-negative rank window. The losses check their own parameters when built, the data
     its files when read."""
     ev = cfg.get("eval")
     if ev is not None:
@@ -107,6 +107,15 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"data.split.val_ratio=0 leaves no validation split, but eval.monitor={monitor} chooses the checkpoint "
                 "on it; expected val_ratio > 0 (e.g. 0.1)"
+            )
+    model = cfg.get("model")
+    net, optimizer = (model.get("net"), model.get("optimizer")) if model is not None else (None, None)
+    if net is not None and net.get("sparse_embeddings") and optimizer is not None:
+        target = str(optimizer.get("_target_"))
+        if target in ("torch.optim.Adam", "torch.optim.AdamW"):
+            raise ConfigError(
+                f"model.net.sparse_embeddings=true with model.optimizer._target_={target}: {target} refuses sparse "
+                "gradients; expected model.optimizer._target_=twotower.optim.Adam (the same Adam, lazy on sparse rows)"
             )
     sampler = cfg.get("sampler")
     if sampler is not None and "lo" in sampler and "hi" in sampler:

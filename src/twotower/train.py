@@ -75,6 +75,13 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     world_size = configured_world_size(OmegaConf.to_container(cfg.trainer).get("devices", 1), cfg.trainer.get("num_nodes", 1))
     if world_size:
         split_evenly(cfg.data.batch_size, world_size)
+    several_devices = (world_size or 1) > 1 or "ddp" in str(cfg.trainer.get("strategy"))
+    if several_devices and (cfg.model.get("net") or {}).get("sparse_embeddings"):
+        raise ConfigError(
+            f"model.net.sparse_embeddings=true with trainer.strategy={cfg.trainer.get('strategy')}, "
+            f"trainer.devices={cfg.trainer.get('devices')}: sparse gradients are supported on one device only "
+            "(NCCL all-reduces no sparse tensors); expected one device, or model.net.sparse_embeddings=false"
+        )
     loss = build(cfg.loss)
     model_trainable = cfg.model.optimizer is not None
     datamodule = build_datamodule(cfg, train_on=loss.trains_on if model_trainable else "positives")

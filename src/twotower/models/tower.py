@@ -52,6 +52,9 @@ class Tower(nn.Module):
     ``history_dropout``: in training, the share of each user's history items
     hidden at random (as in denoising autoencoders for collaborative
     filtering), so the tower cannot lean on any single past item.
+    ``sparse``: the tables' gradients hold only the batch's rows
+    (``nn.Embedding(sparse=True)``), for catalogues of millions of rows; they need an
+    optimizer that takes sparse gradients (:class:`twotower.optim.Adam`).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Tower(nn.Module):
         normalize: bool = True,
         init_std: float = 0.1,
         history_dropout: float = 0.0,
+        sparse: bool = False,
     ):
         super().__init__()
         if not 0.0 <= history_dropout < 1.0:
@@ -83,7 +87,9 @@ class Tower(nn.Module):
                 sizes.append(f["cardinality"])
             elif kind in ("multi_categorical", "history"):
                 # Row 0 pads and marks unknown values; it is left out of the mean.
-                self.bags[name] = nn.EmbeddingBag(f["cardinality"], embedding_dim, mode="mean", padding_idx=0)
+                self.bags[name] = nn.EmbeddingBag(
+                    f["cardinality"], embedding_dim, mode="mean", padding_idx=0, sparse=sparse
+                )
             else:
                 if "mean" in f:
                     self.dense_inputs.append(name)
@@ -92,7 +98,7 @@ class Tower(nn.Module):
                     sizes.append(f["cardinality"])
         # The first row of each feature's block: added to its codes.
         self.register_buffer("block_starts", torch.tensor([0, *sizes[:-1]]).cumsum(0), persistent=False)
-        self.table = nn.Embedding(sum(sizes), embedding_dim) if sizes else None
+        self.table = nn.Embedding(sum(sizes), embedding_dim, sparse=sparse) if sizes else None
         for table in [*([self.table] if sizes else []), *self.bags.values()]:
             nn.init.normal_(table.weight, std=init_std)
         width = embedding_dim * (len(self.single_inputs) + len(self.bags)) + len(self.dense_inputs)

@@ -33,7 +33,8 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
 
     ``feature_set="ids"`` keeps only the ID features (the matrix-completion
     baseline, and the ID-only two-tower model). ``torch_compile``: compile both
-    towers with ``torch.compile`` (see docs/BENCHMARKS.md for where it pays off)."""
+    towers with ``torch.compile`` (see docs/BENCHMARKS.md for where it pays off).
+    ``sparse_embeddings``: embedding gradients of the batch's rows only (see :class:`Tower`)."""
 
     trainable = True
 
@@ -47,11 +48,14 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
         feature_set: str = "all",
         history_dropout: float = 0.0,
         torch_compile: bool = False,
+        sparse_embeddings: bool = False,
     ):
         super().__init__()
         fitted = select_features(fitted, feature_set)
-        self.user_tower = Tower(fitted["user"], embedding_dim, mlp, dropout, normalize, history_dropout=history_dropout)
-        self.item_tower = Tower(fitted["item"], embedding_dim, mlp, dropout, normalize)
+        self.user_tower = Tower(
+            fitted["user"], embedding_dim, mlp, dropout, normalize, history_dropout=history_dropout, sparse=sparse_embeddings
+        )
+        self.item_tower = Tower(fitted["item"], embedding_dim, mlp, dropout, normalize, sparse=sparse_embeddings)
         if torch_compile:
             # In place (nn.Module.compile): parameter names, checkpoints and export are unchanged.
             # Dynamic shapes: batches, negatives and evaluation chunks vary in size.
