@@ -108,6 +108,12 @@ CONFIGS = {
     "mc_4096": ("matrix_completion (mse), batch 4096", ["model=matrix_completion", "data.batch_size=4096"]),
     "in_batch_1024": ("two_tower listwise in-batch+logQ, batch 1024", ["data.batch_size=1024"]),
     "in_batch_2048": ("two_tower listwise in-batch+logQ, batch 2048", ["data.batch_size=2048"]),
+    # Sparse embedding gradients (lazy Adam on the batch's rows): for the 1M-item scale.
+    "mc_sparse": ("matrix_completion (mse), batch 2048, sparse embeddings",
+                  ["model=matrix_completion", "data.batch_size=2048", "model.net.sparse_embeddings=true"]),
+    "in_batch_sparse": ("two_tower listwise in-batch+logQ, sparse embeddings", ["model.net.sparse_embeddings=true"]),
+    "uniform_sparse": ("two_tower listwise uniform x64, sparse embeddings",
+                       ["sampler=uniform", "model.net.sparse_embeddings=true"]),
 }
 DEFAULT_CONFIGS = ["mc", "mc_default", "in_batch", "uniform", "pairwise", "pointwise"]
 SAMPLERS = ("in_batch", "uniform", "popularity", "mixed", "exposed_unclicked", "hard")
@@ -544,7 +550,9 @@ def flops_per_sample(towers: dict, batch_size: int, columns: float, unique_extra
             "scoring": 2 * d * (1 + columns), "dim": d, "negative_columns": columns}  # fmt: skip
 
 
-def bench_train_config(ctx: Context, scale: str, name: str, peak: dict) -> dict:
+def prepare_train_config(ctx: Context, scale: str, name: str) -> dict:
+    """A configuration's run (config, DataModule, template module) and its static facts,
+    batch construction measured; :func:`train_repeat` then times it."""
     label, overrides = CONFIGS[name]
     args = ctx.args
     cfg, dm, template = make_run(ctx, scale, overrides)
@@ -554,23 +562,34 @@ def bench_train_config(ctx: Context, scale: str, name: str, peak: dict) -> dict:
             "towers": tower_info(template), "lr": float(cfg.model.optimizer.lr)}  # fmt: skip
     info["params"] = {side: info["towers"][side]["params"] for side in ("user_tower", "item_tower")}
     info["batch_construction"] = bench_batches(dm, args.repeats, limit)
-    fits, evals = [], {"val": [], "test": []}
-    for rep in range(args.repeats):
-        progress(f"  train {scale} {name}: repeat {rep + 1}/{args.repeats} ({1 + args.epochs} epochs of "
-                 f"{info['batches_per_epoch']} batches)")  # fmt: skip
-        module = fresh_copy(template)
-        timer = epoch_timer()
-        fit = make_trainer(ctx, cfg, max_epochs=1 + args.epochs, limit_val_batches=0, callbacks=[timer],
-                           limit_train_batches=limit or 1.0)  # fmt: skip
-        fit.fit(module, datamodule=dm)
-        fits.append(summarize_epochs(timer.epochs[1:]))  # the first epoch is the warm-up
-        if scale == "ml100k":  # full ranking of the whole catalogue, as before (synthetic: see the eval section)
-            ev = make_trainer(ctx, cfg)
-            for split, run in (("val", ev.validate), ("test", ev.test)):
-                users = len(dm.data.eval_sets[split].users)
-                start = time.perf_counter()
-                run(module, datamodule=dm, verbose=False)
-                evals[split].append({"seconds": time.perf_counter() - start, "users": users})
+    return {"name": name, "scale": scale, "cfg": cfg, "dm": dm, "template": template, "limit": limit, "info": info,
+            "fits": [], "evals": {"val": [], "test": []}}  # fmt: skip
+
+
+def train_repeat(ctx: Context, run: dict, rep: int) -> None:
+    """One timed repetition of a prepared configuration: ``1 + --epochs`` epochs from a
+    fresh copy of the template (the first is the warm-up), then (ML-100K) full ranking."""
+    args, cfg, dm, info = ctx.args, run["cfg"], run["dm"], run["info"]
+    progress(f"  train {run['scale']} {run['name']}: repeat {rep + 1}/{args.repeats} ({1 + args.epochs} epochs of "
+             f"{info['batches_per_epoch']} batches)")  # fmt: skip
+    module = fresh_copy(run["template"])
+    timer = epoch_timer()
+    fit = make_trainer(ctx, cfg, max_epochs=1 + args.epochs, limit_val_batches=0, callbacks=[timer],
+                       limit_train_batches=run["limit"] or 1.0)  # fmt: skip
+    fit.fit(module, datamodule=dm)
+    run["fits"].append(summarize_epochs(timer.epochs[1:]))
+    if run["scale"] == "ml100k":  # full ranking of the whole catalogue, as before (synthetic: see the eval section)
+        ev = make_trainer(ctx, cfg)
+        for split, evaluate in (("val", ev.validate), ("test", ev.test)):
+            users = len(dm.data.eval_sets[split].users)
+            start = time.perf_counter()
+            evaluate(module, datamodule=dm, verbose=False)
+            run["evals"][split].append({"seconds": time.perf_counter() - start, "users": users})
+
+
+def summarize_train_config(ctx: Context, run: dict, peak: dict) -> dict:
+    """Medians over the repetitions, the batch-construction ratio and the FLOP rate."""
+    args, dm, info, fits, limit = ctx.args, run["dm"], run["info"], run["fits"], run["limit"]
     info["train"] = {k: median(f[k] for f in fits) for k in fits[0]}
     info["train"].update(timed_epochs=args.epochs, repeats=args.repeats, runs=fits)
     # Whole epochs (ML-100K, as earlier versions of this script); steady state where an epoch is cut short.
@@ -581,17 +600,16 @@ def bench_train_config(ctx: Context, scale: str, name: str, peak: dict) -> dict:
     info["train"]["reported_step_s"] = step_s
     bc = info["batch_construction"]
     info["build_over_train"] = (bc["pass_batches_per_s"] if info["train"]["basis"] == "epoch" else bc["batches_per_s"]) * step_s
-    for split, runs in evals.items():
+    for split, runs in run["evals"].items():
         if runs:
             sec = median(r["seconds"] for r in runs)
             info[split] = {"seconds": sec, "users": runs[0]["users"], "scores_per_s": runs[0]["users"] * info["num_items"] / sec}
-    bc = info["batch_construction"]
     fl = flops_per_sample(info["towers"], dm.batch_size, bc["mean_negative_columns"], bc["mean_unique_sampled_items"])
     achieved = samples * fl["forward_backward"] / 1e9
     info["compute"] = {"flops_per_sample": fl, "achieved_gflops": achieved, "mm_peak_gflops": peak["best_gflops"],
                        "fraction_of_mm_peak": achieved / peak["best_gflops"]}  # fmt: skip
-    progress(f"  train {scale} {name}: {samples:,.0f} samples/s, batch construction {bc['batches_per_s']:,.1f} batches/s "
-             f"= {info['build_over_train']:.1f}x what training consumes")  # fmt: skip
+    progress(f"  train {run['scale']} {run['name']}: {samples:,.0f} samples/s, batch construction "
+             f"{bc['batches_per_s']:,.1f} batches/s = {info['build_over_train']:.1f}x what training consumes")  # fmt: skip
     return info
 
 
@@ -603,10 +621,17 @@ def section_train(ctx: Context) -> dict:
              f"(median {peak['median_gflops']:.1f}), {torch.get_num_threads()} threads")  # fmt: skip
     out = {"mm_peak": peak, "scales": {}}
     for scale in ctx.args.scale:
+        runs = [prepare_train_config(ctx, scale, name) for name in ctx.args.configs]
+        # Repetitions interleaved across configurations, in reversed order every other round: this
+        # machine drifts by 10-20 % within minutes, which back-to-back repeats would fold into the
+        # differences between configurations.
+        for rep in range(ctx.args.repeats):
+            for run in runs if rep % 2 == 0 else runs[::-1]:
+                train_repeat(ctx, run, rep)
         out["scales"][scale] = {}
-        for name in ctx.args.configs:
-            out["scales"][scale][name] = bench_train_config(ctx, scale, name, peak)
-            ctx.results["train"] = out  # partial results survive a failure later on
+        for run in runs:
+            out["scales"][scale][run["name"]] = summarize_train_config(ctx, run, peak)
+        ctx.results["train"] = out  # partial results survive a failure later on
     return out
 
 
