@@ -69,9 +69,12 @@ def test_shared_columns_match_python_set(max_dense):
     reference = set(zip(users.tolist(), items.tolist()))
     lk = PositiveLookup(users, items, 31, 25, max_dense=max_dense)  # user 30 has no positive
     batch_users = torch.cat([torch.randint(31, (40,), generator=gen), torch.tensor([30, 30])])
-    columns = torch.randint(25, (33,), generator=gen)  # with repeats
-    expected = torch.tensor([[(u, i) in reference for i in columns.tolist()] for u in batch_users.tolist()])
-    assert torch.equal(lk.shared(batch_users, columns), expected)
+    for columns in (torch.randint(25, (33,), generator=gen), torch.randperm(25, generator=gen)[:20]):  # repeats; distinct
+        expected = torch.tensor([[(u, i) in reference for i in columns.tolist()] for u in batch_users.tolist()])
+        assert torch.equal(lk.shared(batch_users, columns), expected)
+        own = torch.randint(25, (len(batch_users),), generator=gen)  # each row's own item counts as a hit too
+        expected |= columns[None, :] == own[:, None]
+        assert torch.equal(lk.shared(batch_users, columns, row_items=own), expected)
     empty = PositiveLookup(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 5, 5, max_dense=max_dense)
     assert not empty.shared(torch.arange(5), torch.arange(5)).any()
 
