@@ -108,6 +108,10 @@ CONFIGS = {
     "mc_4096": ("matrix_completion (mse), batch 4096", ["model=matrix_completion", "data.batch_size=4096"]),
     "in_batch_1024": ("two_tower listwise in-batch+logQ, batch 1024", ["data.batch_size=1024"]),
     "in_batch_2048": ("two_tower listwise in-batch+logQ, batch 2048", ["data.batch_size=2048"]),
+    # The peer's tower sizes (torch-rechub's DSSM example, scripts/peer_torch_rechub.py): 16-dim
+    # embeddings, MLP [256, 128, 64]; about twice the default's FLOPs per sample.
+    "in_batch_peer_sizes": ("two_tower listwise in-batch+logQ, peer's sizes 16/[256,128,64]",
+                            ["model.net.embedding_dim=16", "model.net.mlp=[256,128,64]"]),
     # Sparse embedding gradients (lazy Adam on the batch's rows): for the 1M-item scale.
     "mc_sparse": ("matrix_completion (mse), batch 2048, sparse embeddings",
                   ["model=matrix_completion", "data.batch_size=2048", "model.net.sparse_embeddings=true"]),
