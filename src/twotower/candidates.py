@@ -64,7 +64,7 @@ class PositiveLookup:
             self.keys = torch.unique(keys)  # sorted: by user, then item
             counts = torch.bincount(self.keys // num_items, minlength=num_users)
             self.ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-            self.items = (self.keys % num_items).int()  # int32: half the bytes of the random reads below
+            self.items = self.keys % num_items
 
     def __call__(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``users``: ``[B]``; ``items``: ``[B, C]`` -> bool ``[B, C]``."""

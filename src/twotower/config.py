@@ -60,8 +60,8 @@ def check_config(cfg: DictConfig) -> None:
     """Refuse values that cannot work, before any data is read or file written; the message
     names the key, the value and what was expected. Checks what no constructor sees early:
     ``eval`` (cut-offs, the monitored metric), the batch sizes, the positive threshold, sparse
-    embeddings with an optimizer that refuses them, and a hard-negative rank window. The losses check their own parameters when built, the data
-    its files when read."""
+    embeddings with an optimizer that refuses them, and a hard-negative rank window. The
+    losses check their own parameters when built, the data its files when read."""
     ev = cfg.get("eval")
     if ev is not None:
         ks = ev.get("ks")
