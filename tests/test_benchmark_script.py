@@ -21,6 +21,7 @@ def test_quick_benchmark_runs_every_in_process_section(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--quick", "--scale", "ml100k", "--sections", ",".join(SECTIONS),
            "--configs", "mc,in_batch", "--loop-configs", "in_batch", "--repeats", "1", "--epochs", "1", "--out", str(out)]  # fmt: skip
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.exists(), (run.returncode, run.stdout[-2000:], run.stderr[-2000:])
     doc = json.loads(out.read_text())
     assert run.returncode == 0 and not doc["errors"], (doc["errors"], run.stdout[-2000:], run.stderr[-2000:])
     results = doc["results"]
