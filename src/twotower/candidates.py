@@ -64,7 +64,7 @@ class PositiveLookup:
             self.keys = torch.unique(keys)  # sorted: by user, then item
             counts = torch.bincount(self.keys // num_items, minlength=num_users)
             # int32 where the sizes allow: :meth:`shared` makes several passes over ~100
-            # positions per batch row, and half the bytes make them about twice as fast.
+            # positions per batch row, and half the bytes make them about 20 % faster.
             position = torch.int32 if len(self.keys) < 2**31 else torch.long
             self.ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).to(position)
             self.items = (self.keys % num_items).to(torch.int32 if num_items < 2**31 else torch.long)
@@ -102,8 +102,8 @@ class PositiveLookup:
         item = self.items.index_select(0, position)
         # Which pairs' items are columns: a byte per catalogue item, kept between calls and
         # marked for this call only (half the time of looking every pair's column up in an
-        # int32 table, which stays less in cache); then only those pairs, about 1 % at a
-        # million items, look up their column. A repeated item keeps the column of one of
+        # int32 table, which stays less in cache); then only those pairs, about a tenth at
+        # a million items, look up their column. A repeated item keeps the column of one of
         # its copies, its representative, whose marks its other columns copy.
         marks, table = self._scratch()
         slots = torch.arange(len(columns), dtype=table.dtype)
