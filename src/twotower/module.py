@@ -102,14 +102,6 @@ class RetrievalModule(L.LightningModule):
         columns = estimator.log_probabilities(batch["in_batch_items"].cpu()).to(self.device)
         return pos_logq, columns.expand(num_users, -1)
 
-    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
-        # Batches are built on the CPU: on a CPU run there is nothing to move, and walking
-        # the nested batch to find that out costs about half a millisecond a step. Here and
-        # not on the DataModule, so that batches fed to `fit` without it skip the walk too.
-        if device.type == "cpu":
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.batch_loss(batch)
         # Summed here and logged once per epoch: `self.log` on every step costs about a
