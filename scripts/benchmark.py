@@ -27,8 +27,8 @@ train     ``Trainer.fit`` throughput of ``--configs``: ``mc`` (model=matrix_comp
           (target >= 10), and matmul FLOPs per sample against a ``torch.mm`` peak measured in
           the same run.
 loop      Time per step of Lightning against a hand-written loop (no Lightning, no Hydra: the
-          same ``module.model`` towers, the same ``module.loss`` object, the same batches, Adam
-          with the config's lr; the forward written out with ``score_candidates`` and
+          same ``module.model`` towers, the same ``module.loss`` object, the same batches, the
+          config's optimizer and settings; the forward written out with ``score_candidates`` and
           ``ScoredBatch``; zero_grad / backward / step), (a) both building their batches
           (iterating ``dm.train_dataloader()``) and (b) both iterating the same pre-built
           batches. Steady state as above, and over whole epochs. Ratio Lightning / hand-written
@@ -735,15 +735,11 @@ def hand_epochs(model, loss_fn, optimizer, batches, steps: int, epochs: int) -> 
 
 def bench_loop_config(ctx: Context, scale: str, name: str) -> dict:
     import torch
-    from hydra.utils import get_class
 
     args = ctx.args
     label, overrides = CONFIGS[name]
     cfg, dm, template = make_run(ctx, scale, overrides)
     opt_cfg = cfg.model.optimizer
-    optimizer_class = get_class(opt_cfg._target_)  # torch's Adam or the platform's (lazy on sparse tables)
-    if not issubclass(optimizer_class, torch.optim.Adam):
-        raise BenchmarkError(f"{name}: the hand-written loop uses Adam; the config's optimizer is {opt_cfg._target_}")
     steps = epoch_batches(ctx, scale) or len(dm.train_dataloader())
     prebuilt = Prebuilt(list(itertools.islice(iter(dm.train_dataloader()), steps)))
     # The same loss for the same batch and weights (same random stream for the losses that draw).
@@ -770,11 +766,8 @@ def bench_loop_config(ctx: Context, scale: str, name: str) -> dict:
                 fit.fit(module, train_dataloaders=prebuilt)
             times[f"lightning_{variant}"].append(summarize_epochs(timer.epochs[1:]))
             module = fresh_copy(template)
-            # The same Adam settings as the config (lr, weight decay, fused), so only the loop differs.
-            optimizer = optimizer_class(
-                module.model.parameters(), lr=float(opt_cfg.lr), weight_decay=float(opt_cfg.weight_decay),
-                fused=bool(opt_cfg.get("fused", False)) or None,
-            )
+            # The config's own optimizer (class and every setting), so only the loop differs.
+            optimizer = module.optimizer_factory(params=module.model.parameters())
             source = dm.train_dataloader() if variant == "a" else prebuilt
             times[f"hand_{variant}"].append(summarize_epochs(hand_epochs(module.model, module.loss, optimizer, source, steps, args.epochs)))
     for key, runs in times.items():
