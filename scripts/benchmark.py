@@ -105,6 +105,11 @@ CONFIGS = {
     # Not in the default set (--configs ...): what bf16 autocast and torch.compile do on this machine.
     "in_batch_bf16": ("two_tower listwise in-batch+logQ, bf16-mixed", ["trainer.precision=bf16-mixed"]),
     "in_batch_compiled": ("two_tower listwise in-batch+logQ, torch.compile", ["model.net.torch_compile=true"]),
+    # RecBole's BPR set up as the platform would run it: matrix completion, pairwise logistic loss,
+    # one uniform negative per positive, batch 2048, RecBole's protocol (every rating a positive).
+    "mc_bpr": ("matrix_completion BPR (pairwise logistic, 1 uniform negative), batch 2048",
+               ["model=matrix_completion", "loss=pairwise_logistic", "sampler=uniform", "sampler.num_negatives=1",
+                "data.batch_size=2048", "experiment=recbole_protocol"]),
     "mc_4096": ("matrix_completion (mse), batch 4096", ["model=matrix_completion", "data.batch_size=4096"]),
     "in_batch_1024": ("two_tower listwise in-batch+logQ, batch 1024", ["data.batch_size=1024"]),
     "in_batch_2048": ("two_tower listwise in-batch+logQ, batch 2048", ["data.batch_size=2048"]),
