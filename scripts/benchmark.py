@@ -25,7 +25,11 @@ train     ``Trainer.fit`` throughput of ``--configs``: ``mc`` (model=matrix_comp
           of steps in a real epoch, is left out). Also batch construction alone (iterating
           ``train_dataloader()``, no model) and its rate over the rate training consumes batches
           (target >= 10), and matmul FLOPs per sample against a ``torch.mm`` peak measured in
-          the same run.
+          the same run. ``--command``: each repetition also trains the config through the real
+          command's ``twotower.train.train`` (the platform's callbacks, CSV logger, checkpoints,
+          progress bar, validation after every epoch, the final test; at the synthetic scale
+          one validation and one test batch) and compares its steady-state step with the bare
+          ``Trainer.fit``'s.
 loop      Time per step of Lightning against a hand-written loop (no Lightning, no Hydra: the
           same ``module.model`` towers, the same ``module.loss`` object, the same batches, the
           config's optimizer and settings; the forward written out with ``score_candidates`` and
@@ -71,8 +75,10 @@ that fails is reported and the others still run; the exit status is then 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
+import io
 import itertools
 import json
 import logging
@@ -572,7 +578,7 @@ def prepare_train_config(ctx: Context, scale: str, name: str) -> dict:
     info["params"] = {side: info["towers"][side]["params"] for side in ("user_tower", "item_tower")}
     info["batch_construction"] = bench_batches(dm, args.repeats, limit)
     return {"name": name, "scale": scale, "cfg": cfg, "dm": dm, "template": template, "limit": limit, "info": info,
-            "fits": [], "evals": {"val": [], "test": []}}  # fmt: skip
+            "fits": [], "commands": [], "evals": {"val": [], "test": []}}  # fmt: skip
 
 
 def train_repeat(ctx: Context, run: dict, rep: int) -> None:
@@ -587,6 +593,8 @@ def train_repeat(ctx: Context, run: dict, rep: int) -> None:
                        limit_train_batches=run["limit"] or 1.0)  # fmt: skip
     fit.fit(module, datamodule=dm)
     run["fits"].append(summarize_epochs(timer.epochs[1:]))
+    if args.command:
+        run["commands"].append(command_repeat(ctx, run, rep))
     if run["scale"] == "ml100k":  # full ranking of the whole catalogue, as before (synthetic: see the eval section)
         ev = make_trainer(ctx, cfg)
         for split, evaluate in (("val", ev.validate), ("test", ev.test)):
@@ -594,6 +602,27 @@ def train_repeat(ctx: Context, run: dict, rep: int) -> None:
             start = time.perf_counter()
             evaluate(module, datamodule=dm, verbose=False)
             run["evals"][split].append({"seconds": time.perf_counter() - start, "users": users})
+
+
+def command_repeat(ctx: Context, run: dict, rep: int) -> dict:
+    """``--command``: the same configuration through the real command's ``twotower.train.train``
+    (its callbacks, CSV logger, checkpoints, progress bar, validation after every epoch and the
+    final test), ``1 + --epochs`` epochs; its steady-state steps. Its output goes to a directory
+    of its own under the benchmark's temporary directory, its progress bar and tables to a buffer."""
+    from twotower.config import compose_config
+    from twotower.train import train
+
+    args, name, scale = ctx.args, run["name"], run["scale"]
+    limits = [] if run["limit"] is None else [f"trainer.limit_train_batches={run['limit']}", "trainer.limit_val_batches=1",
+                                              "trainer.limit_test_batches=1"]  # fmt: skip
+    overrides = COMMON + ctx.scale_overrides(scale) + CONFIGS[name][1] + limits + [
+        f"trainer.max_epochs={1 + args.epochs}", "eval.patience=null"]  # fmt: skip
+    cfg = compose_config(overrides, output_dir=os.path.join(ctx.out_dir, "command", f"{scale}_{name}_{rep}"))
+    ctx.current_key, ctx.current_scale = data_key(cfg), scale  # the cached preparation of this scale
+    timer = epoch_timer()
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(cfg, callbacks=[timer])
+    return summarize_epochs(timer.epochs[1:])
 
 
 def summarize_train_config(ctx: Context, run: dict, peak: dict) -> dict:
@@ -609,6 +638,10 @@ def summarize_train_config(ctx: Context, run: dict, peak: dict) -> dict:
     info["train"]["reported_step_s"] = step_s
     bc = info["batch_construction"]
     info["build_over_train"] = (bc["pass_batches_per_s"] if info["train"]["basis"] == "epoch" else bc["batches_per_s"]) * step_s
+    if run["commands"]:  # steady state on both sides: the command's epochs also hold their validation
+        steady = median(c["steady_step_s"] for c in run["commands"])
+        info["command"] = {"steady_step_s": steady, "steady_samples_per_s": median(c["steady_samples_per_s"] for c in run["commands"]),
+                           "over_fit": steady / info["train"]["steady_step_s"], "runs": run["commands"]}  # fmt: skip
     for split, runs in run["evals"].items():
         if runs:
             sec = median(r["seconds"] for r in runs)
@@ -664,6 +697,13 @@ def print_train(res: dict) -> None:
         print(table(f"train [{scale}]: Trainer.fit; {first['num_users']:,} users x {first['num_items']:,} items; "
                     f"{first['batches_per_epoch']} batches per epoch; rates over {basis}; build/train = batch construction "
                     f"rate / training's batch rate (target >= 10)", header, rows))  # fmt: skip
+    rows = [[scale, name, fmt(1000 * r["train"]["steady_step_s"], ",.2f"), fmt(1000 * r["command"]["steady_step_s"], ",.2f"),
+             fmt(r["command"]["steady_samples_per_s"]), fmt(r["command"]["over_fit"], ".2f")]
+            for scale, configs in res["scales"].items() for name, r in configs.items() if "command" in r]  # fmt: skip
+    if rows:
+        print(table("train --command: the real command (twotower.train.train: callbacks, CSV logger, checkpoints, progress "
+                    "bar, validation every epoch) against the bare Trainer.fit above; steady state, ms per step",
+                    ["scale", "config", "Trainer.fit", "command", "command samp/s", "command / fit"], rows, left=2))  # fmt: skip
     peak = res["mm_peak"]
     rows = []
     for scale, configs in res["scales"].items():
@@ -1393,6 +1433,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=positive_int, default=3, help="timed training epochs per repetition, after 1 warm-up (default 3)")
     p.add_argument("--steps", type=positive_int, default=None, help="batches per training epoch at the synthetic scale (default 10; --quick 5)")
     p.add_argument("--sampler-batches", type=positive_int, default=None, help="batches per sampler pass at the synthetic scale (default 50; --quick 10)")
+    p.add_argument("--command", action="store_true", help="train: also time each config through the real command's train() (its callbacks, logger, checkpoints, progress bar, validation)")
     p.add_argument("--quick", action="store_true", help="smoke run of every section: 1 repeat, 1 timed epoch, small synthetic sizes")
     p.add_argument("--threads", type=positive_int, default=None, help="torch (and FAISS) threads, also for child processes (default: torch's choice)")
     g = p.add_argument_group("synthetic scale")

@@ -19,7 +19,7 @@ def test_quick_benchmark_runs_every_in_process_section(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "TMPDIR": str(tmp_path), "WANDB_MODE": "disabled"}
     cmd = [sys.executable, str(SCRIPT), "--quick", "--scale", "ml100k", "--sections", ",".join(SECTIONS),
-           "--configs", "mc,in_batch", "--loop-configs", "in_batch", "--repeats", "1", "--epochs", "1", "--out", str(out)]  # fmt: skip
+           "--configs", "mc,in_batch", "--loop-configs", "in_batch", "--repeats", "1", "--epochs", "1", "--command", "--out", str(out)]  # fmt: skip
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.exists(), (run.returncode, run.stdout[-2000:], run.stderr[-2000:])
     doc = json.loads(out.read_text())
@@ -29,6 +29,7 @@ def test_quick_benchmark_runs_every_in_process_section(tmp_path):
     for name in ("mc", "in_batch"):
         train = results["train"]["scales"]["ml100k"][name]
         assert train["train"]["samples_per_s"] > 0 and train["batch_construction"]["batches_per_s"] > 0
+        assert train["command"]["steady_step_s"] > 0  # --command: the same config through the real train()
     assert all(s["batches_per_s"] > 0 for s in results["samplers"]["ml100k"].values())
     assert results["eval"]["ml100k"]["torch"]["scores_per_s"] > 0
     loop = results["loop"]["ml100k"]["in_batch"]
