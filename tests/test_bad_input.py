@@ -45,36 +45,12 @@ from twotower.config import ConfigError, check_config, compose_config
 from twotower.data.schema import DataError
 from twotower.data.tabular import load_tables
 from twotower.export import CheckpointError, ExportError, export, export_main, load_run, retrieve
+from twotower.integrity import seal_checkpoint
 from twotower.train import train
+from tiny_data import HOUR, T0, custom, tiny_interactions, write_csv
 
 TINY = ["debug=fast", "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
-T0 = 1_600_000_000
-HOUR = 3600
 EARLIER = {"test/recall@1": 0.125}  # what an earlier run left in the directory
-
-
-def tiny_interactions() -> pd.DataFrame:
-    """40 rated interactions, one an hour: users 1-6 take turns over items 1-8; the last four
-    hours belong to user 99 (twice, never seen before) and user 1 (twice). The temporal split
-    (0.1 / 0.1) puts rows 32-35 in validation and rows 36-39 in test. With ``data=custom``'s
-    positive_threshold=null every interaction is a positive."""
-    rows = [(k % 6 + 1, (k * 3 + k // 6) % 8 + 1, T0 + k * HOUR) for k in range(36)]
-    rows += [(99, 1, T0 + 36 * HOUR), (99, 2, T0 + 37 * HOUR), (1, 4, T0 + 38 * HOUR), (1, 6, T0 + 39 * HOUR)]
-    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-    return frame.assign(rating=[float(k % 5 + 1) for k in range(len(frame))])
-
-
-def write_csv(folder: Path, frame: pd.DataFrame, name: str = "interactions.csv") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    frame.to_csv(path, index=False)
-    return path
-
-
-def custom(interactions: Path, *extra: str) -> list[str]:
-    """Overrides for a real run on the tiny table (8 items, so K <= 8)."""
-    return ["data=custom", f"data.source.interactions={interactions}", "eval.ks=[1,2]", "eval.monitor=val/ndcg@2",
-            "data.batch_size=8", *extra]  # fmt: skip
 
 
 def listing(folder: Path) -> dict[str, bytes | None]:
@@ -271,11 +247,12 @@ def trained(tmp_path_factory) -> Path:
 
 
 def save_modified(trained: Path, tmp_path: Path, change) -> Path:
-    """A copy of the run's best checkpoint with ``change(ckpt)`` applied."""
+    """A copy of the run's best checkpoint with ``change(ckpt)`` applied, its SHA-256 record
+    written again (as a tool that edits checkpoints on purpose would)."""
     ckpt = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     change(ckpt)
     path = tmp_path / "modified.ckpt"
-    torch.save(ckpt, path)
+    torch.save(seal_checkpoint(ckpt), path)
     return path
 
 
@@ -384,6 +361,9 @@ def test_truncated_export_file_is_refused(exported, tmp_path):
     (broken / "user_features.pt").write_bytes(data[: len(data) // 2])
     user = str(json.loads((broken / "user_ids.json").read_text())[0])
     assert retrieve(exported, [user], 2)  # the intact export serves this user
+    with pytest.raises(ExportError, match=r"user_features\.pt: its SHA-256 does not match checksums.json"):
+        retrieve(broken, [user], 2)
+    rehash(broken)  # past the checksums (written again), reading the cut file itself fails
     with pytest.raises(ExportError, match=r"user_features\.pt: cannot read .*truncated"):
         retrieve(broken, [user], 2)
 
@@ -392,8 +372,19 @@ def test_export_file_that_is_not_json_is_refused(exported, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(exported, broken)
     (broken / "user_ids.json").write_text('["1", "2", ')
+    with pytest.raises(ExportError, match=r"user_ids\.json: its SHA-256 does not match checksums.json"):
+        retrieve(broken, ["1"], 2)
+    rehash(broken)
     with pytest.raises(ExportError, match=r"user_ids\.json: not valid JSON"):
         retrieve(broken, ["1"], 2)
+
+
+def rehash(export_dir: Path) -> None:
+    """Write an export's checksums.json again for its current files (as an edit made on purpose would)."""
+    from twotower.integrity import folder_digests
+
+    (export_dir / "checksums.json").unlink()
+    (export_dir / "checksums.json").write_text(json.dumps(folder_digests(export_dir)))
 
 
 def test_new_user_with_a_word_for_a_number_is_refused(tmp_path):

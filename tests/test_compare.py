@@ -123,6 +123,11 @@ def test_sort_and_metrics_options(sweep_a, tmp_path, capsys):
     assert [row.split(" | ")[0] for row in table] == ["| 0.05", "| 0.1"]  # by recall@50: 0.7 > 0.5
     assert "duration_s" not in printed and f"wrote {tmp_path / 'o' / 'comparison.md'}" in printed
     assert main([str(sweep_a), "--sort", "test/mrr@10"]) == 2  # not among the metrics
+    capsys.readouterr()
+    assert main([str(sweep_a), "--metrics", f"{R10},test/recal@10"]) == 2  # a metric no run has
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("twotower-compare: error: --metrics test/recal@10: no completed run has it; expected some of")
+    assert R10 in line
 
 
 def test_two_sweeps_and_single_seed(sweep_a, tmp_path):

@@ -146,10 +146,17 @@ def test_same_seed_same_metrics(tmp_path, tiny_overrides):
 
 def test_resume_refuses_a_changed_config_and_a_directory_that_is_not_a_run(tmp_path, tiny_overrides):
     run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="no such directory"):
+        resumed_config(run_dir, [])
+    run_dir.mkdir()
     with pytest.raises(ConfigError, match="no config.yaml there"):
         resumed_config(run_dir, [])
     run_task(compose_config(tiny_overrides, output_dir=run_dir))
     with pytest.raises(ConfigError, match=r"refusing the override\(s\) \['model=two_tower_ids'\]"):
         resumed_config(run_dir, [f"resume={run_dir}", "model=two_tower_ids"])
+    with pytest.raises(ConfigError, match="the run has completed"):
+        resumed_config(run_dir, [f"resume={run_dir}"])
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "status": "interrupted"}))  # as a stopped run's
     cfg = resumed_config(run_dir, [f"resume={run_dir}", "logger.wandb.mode=offline"])
     assert cfg.logger.wandb.mode == "offline" and cfg.paths.output_dir == str(run_dir.resolve())

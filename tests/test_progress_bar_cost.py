@@ -26,3 +26,13 @@ def test_progress_bar_cost_prints_a_row_per_variant(tmp_path):
 def test_progress_bar_cost_refuses_a_zero_refresh_rate():
     done = subprocess.run([sys.executable, str(SCRIPT), "--refresh", "0"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "every --refresh must be >= 1" in done.stderr
+
+
+def test_integrity_benchmark_prints_a_row_per_size():
+    """scripts/bench_integrity.py: seal and verify timed against torch.save, one row per catalogue size."""
+    script = SCRIPT.with_name("bench_integrity.py")
+    done = subprocess.run([sys.executable, str(script), "--items", "100", "2000", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = re.findall(r"^\| ([\d,]+) \| [\d,]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", done.stdout, re.M)
+    assert rows == ["100", "2,000"]

@@ -141,3 +141,27 @@ def test_hparams_search_runs_trials_and_reports_the_best(tmp_path):
     trial_values = [json.loads((d / "results.json").read_text())["best/val/ndcg@20"] for d in sweep.glob("[0-9]*_*")]
     assert len(trial_values) == 2
     assert best.best_value == pytest.approx(max(trial_values))
+
+
+def test_a_secret_typed_on_the_command_line_reaches_no_file_and_no_folder_name(tmp_path):
+    """A key given as an override value, in a sweep with W&B offline: not in any file the sweep
+    wrote (configs, checkpoints, multirun.yaml, status, W&B's files and its copy of the command
+    line) nor in a folder's name; the config holds ``<redacted>`` where it was."""
+    secret = "sk-planted-9f8e7d6c5b4a"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update(TWOTOWER_LOG_DIR=str(tmp_path / "out"), OMP_NUM_THREADS="1", WANDB_DIR=str(tmp_path / "wandb-home"))
+    args = ["-m", "debug=fast", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "logger.wandb.mode=offline",
+            "loss.temperature=0.1,0.2", f"+logger.wandb.api_key={secret}"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "twotower.train", *args], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "out").glob("train/multiruns/*")
+    assert (sweep / "multirun.yaml").is_file() and len(list(sweep.glob("*/results.json"))) == 2
+    assert list(tmp_path.rglob("offline-run-*")), "W&B ran offline"
+    for path in tmp_path.rglob("*"):
+        assert secret not in path.name, path
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"the secret leaked into {path}"
+    for job in sweep.glob("*_*"):
+        if job.is_dir() and job.name != "comparison":
+            assert "api_key=redacted" in job.name
+            assert OmegaConf.load(job / "config.yaml").logger.wandb.api_key == "<redacted>"

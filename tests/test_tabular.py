@@ -3,6 +3,7 @@ naming the file, the column and the line."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -10,7 +11,8 @@ import pandas as pd
 import pytest
 
 from twotower.data.schema import DataError
-from twotower.data.tabular import load_tables
+from twotower.data import tabular
+from twotower.data.tabular import MAX_ID_LENGTH, MAX_VALUE_LENGTH, load_tables
 
 INTERACTIONS = """user_id,item_id,timestamp,rating
 u1,i1,2021-01-01T00:00:00,4
@@ -37,6 +39,7 @@ def raises(match_parts, **kwargs):
     with pytest.raises(DataError) as info:
         load_tables(**kwargs)
     message = str(info.value)
+    assert "\n" not in message, f"a multi-line message: {message!r}"
     for part in match_parts:
         assert part in message, f"{part!r} not in {message!r}"
     return message
@@ -305,3 +308,115 @@ def test_absent_ids_are_counted(tmp_path):
     inter = write(tmp_path, "i.csv", "user_id,item_id,timestamp\nu1,a,1600000000\nu2,a,1600000000\nu3,b,1600000000\nu2,b,1600000000\n")
     users = write(tmp_path, "users.csv", "user_id,age\nu1,3\n")
     raises([inter, "line 3", "'u2'", "3 rows have this problem", "2 distinct user ids are missing"], interactions=inter, users=users)
+
+
+# ---- ids kept exact, odd rows counted, absurd values refused ----
+
+
+def test_uint64_ids_beyond_int64_are_kept_exactly(tmp_path):
+    # 5 and 2**63 + 5 differ only in bit 63; read as int64, the big ids would wrap to negative numbers.
+    big = [5, 2**63 + 5, 2**64 - 1]
+    path = tmp_path / "i.parquet"
+    pd.DataFrame({"user_id": np.array([1, 1, 2], dtype=np.uint64), "item_id": np.array(big, dtype=np.uint64),
+                  "timestamp": [1600000000, 1600000001, 1600000002]}).to_parquet(path)  # fmt: skip
+    items = write(tmp_path, "items.csv", "item_id,f\n" + "".join(f"{i},x\n" for i in reversed(big)))
+    data = load_tables(interactions=str(path), items=items)
+    assert data.interactions["item_id"].tolist() == [str(i) for i in big]  # exact decimal strings, all distinct
+    assert data.items.index.tolist() == [str(i) for i in reversed(big)]  # the feature table joins on them
+    assert data.interactions["user_id"].dtype == np.int64 and data.interactions["user_id"].tolist() == [1, 1, 2]
+
+
+def test_csv_line_with_extra_fields_is_refused(tmp_path):
+    # A stray trailing separator on the first data line (pandas would shift every column by one) and an
+    # unquoted separator further down; a quoted one is a single field.
+    text = 'user_id,item_id,timestamp,rating\na,b,1600000000,4,\na,"c,1",1600000001,5\na,d,1600000002,5,5\n'
+    path = write(tmp_path, "i.csv", text)
+    message = raises([path, "line 2 has 5 field(s) but the header has 4", "a stray separator?", "2 lines have"],
+                     interactions=path)  # fmt: skip
+    assert message.startswith(f"{path}: line 2 ")
+    items = write(tmp_path, "items.tsv", "item_id\tgenre\nb\tx\nc\ty\tz\n")
+    raises([items, "line 3 has 3 field(s) but the header has 2", "1 line has"],
+           interactions=write(tmp_path, "ok.csv", "user_id,item_id,timestamp\na,b,1\n"), items=items)  # fmt: skip
+
+
+def test_field_counts_across_read_blocks(tmp_path, monkeypatch):
+    # Blocks far smaller than a line: line numbers still count every line, and a good file still loads.
+    monkeypatch.setattr(tabular, "_BLOCK", 7)
+    lines = [f"u{n},i{n},{1600000000 + n}" for n in range(30)]
+    good = write(tmp_path, "good.csv", "user_id,item_id,timestamp\n" + "\n".join(lines))  # no final newline
+    assert load_tables(interactions=good).interactions["user_id"].tolist() == [f"u{n}" for n in range(30)]
+    lines[20] += ",x"
+    bad = write(tmp_path, "bad.csv", "user_id,item_id,timestamp\n" + "\n".join(lines) + "\n")
+    raises([bad, "line 22 has 4 field(s)", "1 line has"], interactions=bad)
+
+
+def test_spaces_around_ids_are_ignored_with_a_warning(tmp_path, caplog):
+    text = "user_id,item_id,timestamp\n 12,a ,1600000000\n12,a,1600000001\n12 ,b,1600000002\n"
+    inter = write(tmp_path, "i.csv", text)
+    users = write(tmp_path, "u.csv", "user_id,age\n12 ,30\n")
+    with caplog.at_level(logging.WARNING, logger="twotower"):
+        data = load_tables(interactions=inter, users=users)
+    assert data.interactions["user_id"].tolist() == [12, 12, 12]
+    assert data.interactions["item_id"].tolist() == ["a", "a", "b"]
+    assert data.users.index.tolist() == [12] and data.users["age"].tolist() == [30]  # the join still works
+    assert (
+        f"{inter}: column 'user_id': 2 row(s) (2 distinct value(s)) have spaces around the user id, "
+        "the first on line 2 (' 12')"
+    ) in caplog.text
+    assert f"{inter}: column 'item_id': 1 row(s) (1 distinct value(s))" in caplog.text
+    assert f"{users}: column 'user_id': 1 row(s)" in caplog.text
+
+
+def test_exact_duplicate_rows_are_kept_and_counted(tmp_path, caplog):
+    rows = ["a,x,1600000000,4", "b,x,1600000000,4", "a,x,1600000000,4", "a,x,1600000000,5", "a,x,1600000000,4"]
+    path = write(tmp_path, "i.csv", "user_id,item_id,timestamp,rating\n" + "\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="twotower"):
+        data = load_tables(interactions=path)
+    assert len(data.interactions) == len(rows)  # kept
+    repeats = len(rows) - len(set(rows))
+    assert f"{path}: {repeats} row(s) repeat an earlier row exactly" in caplog.text
+    assert "the first on line 4" in caplog.text
+
+
+def test_split_users_and_items_unseen_in_train_are_counted(tmp_path, caplog):
+    header = "user_id,item_id,timestamp\n"
+    train_pairs = [(f"u{n}", f"i{n % 5}") for n in range(10)]
+    test_pairs = [(f"u{n}", f"i{n % 4}") for n in range(8)] + [("new1", "i0"), ("new2", "j1"), ("new2", "i1")]
+    val_pairs = [("u0", "i1")]
+    paths = {role: write(tmp_path, f"{role}.csv", header + "".join(f"{u},{i},1600000000\n" for u, i in pairs))
+             for role, pairs in (("train", train_pairs), ("val", val_pairs), ("test", test_pairs))}  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="twotower"):
+        load_tables(**paths)
+    seen_users, seen_items = {u for u, _ in train_pairs}, {i for _, i in train_pairs}
+    users, items = {u for u, _ in test_pairs}, {i for _, i in test_pairs}
+    assert (
+        f"{paths['test']}: {len(users - seen_users)} of {len(users)} users and {len(items - seen_items)} of "
+        f"{len(items)} items never appear in {paths['train']}; "
+        "users without training data are evaluated as cold users"
+    ) in caplog.text
+    assert "items without training data stay in the catalogue" in caplog.text
+    assert paths["val"] not in caplog.text  # every validation user and item has training data
+
+
+def test_overlong_id_is_refused(tmp_path):
+    ok, long = "u" * MAX_ID_LENGTH, "u" * (1 << 20)
+    header = "user_id,item_id,timestamp\n"
+    path = write(tmp_path, "i.csv", f"{header}{ok},a,1600000000\nb,{long},1600000000\n")
+    expected = [path, "column 'item_id'", "line 3", "is too long", f"at most {MAX_ID_LENGTH} characters", "1 row has"]
+    message = raises(expected, interactions=path)
+    assert len(message) < 3 * MAX_ID_LENGTH  # the value is cut, not copied
+    parquet = tmp_path / "i.parquet"
+    pd.DataFrame({"user_id": [ok, long], "item_id": ["a", "b"], "timestamp": [1600000000] * 2}).to_parquet(parquet)
+    raises([str(parquet), "column 'user_id'", "row 2", "is too long"], interactions=str(parquet))
+    ok_path = write(tmp_path, "ok.csv", f"{header}{ok},a,1600000000\n")
+    assert load_tables(interactions=ok_path).interactions["user_id"].tolist() == [ok]  # at the limit: kept whole
+    items = write(tmp_path, "items.csv", f"sku,f\na,x\n{long},y\n")
+    raises([items, "column 'sku'", "line 3", "is too long"], interactions=ok_path, items=items)
+
+
+def test_overlong_feature_value_is_refused(tmp_path):
+    inter = write(tmp_path, "i.csv", "user_id,item_id,timestamp\na,x,1600000000\na,y,1600000000\n")
+    at_limit, beyond = "g" * MAX_VALUE_LENGTH, "g" * (MAX_VALUE_LENGTH + 1)
+    items = write(tmp_path, "items.csv", f"item_id,genre\nx,{at_limit}\ny,{beyond}\n")
+    raises([items, "column 'genre'", "line 3", f"at most {MAX_VALUE_LENGTH} characters", "1 row has"],
+           interactions=inter, items=items)  # fmt: skip

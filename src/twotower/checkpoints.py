@@ -3,23 +3,31 @@
 Lightning writes checkpoints through a ``CheckpointIO``; this one serializes to
 memory, writes a temporary file beside the target, flushes it to disk and renames
 it over the target, so ``last.ckpt`` / ``best.ckpt`` are always complete: a run
-killed while saving keeps its previous checkpoint. Loading is ``weights_only``
-(tensors and plain containers only, never arbitrary pickled objects).
+killed while saving keeps its previous checkpoint. Every checkpoint carries the SHA-256
+of each tensor it holds (:mod:`twotower.integrity`). Loading is ``weights_only``
+(tensors and plain containers only, never arbitrary pickled objects) and verifies the
+digests, so a corrupted file is refused, naming the tensor, instead of trained on.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from twotower.artifacts import CheckpointError, load_checkpoint_file, verify_integrity
 from twotower.fsutil import remove_stale_temporaries, write_bytes_atomic
+from twotower.integrity import seal_checkpoint
+
+log = logging.getLogger("twotower")
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+BEST = "best.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -27,22 +35,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
+        torch.save(seal_checkpoint(checkpoint), buffer)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(Path(path), buffer.getvalue())
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+        return read_intact(Path(path))
+
+
+def read_intact(path: Path) -> dict[str, Any]:
+    """A checkpoint file loaded as data and checked against its SHA-256 record."""
+    checkpoint = load_checkpoint_file(path)
+    verify_integrity(checkpoint, path)
+    return checkpoint
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The last complete checkpoint of ``run_dir`` (``checkpoints/last.ckpt``), or
-    ``None`` when the run was killed before its first one. Temporary files of a
-    write that was killed are removed."""
+    """The newest intact checkpoint of ``run_dir`` to continue from: ``last.ckpt`` (written
+    after every validation), else ``best.ckpt`` when ``last.ckpt`` is damaged (the run then
+    repeats the epochs after it, which batches seeded by epoch make equal); ``None`` when
+    the run was killed before its first checkpoint. Temporary files of a write that was
+    killed are removed. Raises :class:`CheckpointError` when checkpoints exist but none is intact."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     remove_stale_temporaries(folder)
-    last = folder / LAST
-    return last if last.is_file() else None
+    candidates = [folder / name for name in (LAST, BEST) if (folder / name).is_file()]
+    intact, problems = [], []
+    for path in candidates:
+        try:
+            intact.append((int(read_intact(path)["global_step"]), path))
+        except (CheckpointError, KeyError, TypeError, ValueError) as err:
+            problems.append(str(err))
+    if intact:
+        step, path = max(intact, key=lambda pair: pair[0])
+        if problems:
+            log.warning("resuming from %s (step %d): %s", path, step, "; ".join(problems))
+        return path
+    if problems:
+        raise CheckpointError(f"no intact checkpoint to resume from: {'; '.join(problems)}; start a new run")
+    return None
 
 
 def checkpoint_step(path: Path) -> int:

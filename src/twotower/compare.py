@@ -239,6 +239,13 @@ def compare(paths: list[Path], out: Path, metrics: list[str] | None = None, sort
         metrics = DEFAULT_METRICS + ([DURATION] if any(DURATION in r.metrics for r in done) else [])
     if sort and sort not in metrics:
         raise ValueError(f"--sort {sort} is not one of the metrics: {', '.join(metrics)}")
+    known = sorted({k for r in done for k in r.metrics})
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        raise ValueError(
+            f"--metrics {','.join(unknown)}: no completed run has {'it' if len(unknown) == 1 else 'them'}; "
+            f"expected some of {', '.join(k for k in known if k.startswith('test/') and '/warm/' not in k and '/cold/' not in k)}"
+        )
     keys = varying_keys(done)
     unordered = group_runs(done, keys)
     table = summarize(unordered, keys, metrics, sort)

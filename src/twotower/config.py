@@ -7,17 +7,17 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-# conf/ sits at the repository root, beside src/ (the package is installed in editable mode).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+from twotower import CONFIG_DIR
+from twotower.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message says what to use instead."""
+if TYPE_CHECKING:
+    import torch
 
 
 def build(node: DictConfig, **kwargs):
@@ -52,8 +52,36 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# A ranking metric as logged: val/ndcg@20, test/cold/recall@10, val/coverage@50 ...
-_RANKED_METRIC = re.compile(r"(?:val|test)/(?:warm/|cold/)?([a-z_]+)@(-?\d+)")
+# A metric logged at every validation: val/ndcg@20, val/cold/recall@10, val/coverage@50 ...
+_VALIDATION_METRIC = re.compile(r"val/(warm/|cold/)?([a-z_]+)@(-?\d+)")
+
+
+def _check_monitor(monitor, mode, ks: list[int]) -> None:
+    """``eval.monitor`` must be a metric logged at validation, at a K of ``eval.ks``, watched in
+    its direction: the ranking metrics and coverage grow better (max); mean popularity has no
+    better direction, so either mode is taken for it."""
+    from twotower.metrics import METRIC_NAMES
+
+    higher_is_better = (*METRIC_NAMES, "coverage")
+    names = (*higher_is_better, "mean_popularity")
+    example = f"eval.monitor=val/ndcg@{max(ks)}"
+    match = _VALIDATION_METRIC.fullmatch(str(monitor))
+    if match is None:
+        raise ConfigError(
+            f"eval.monitor={monitor}: not a metric logged at validation; expected val/<metric>@K "
+            f"(or val/warm/..., val/cold/...) with a metric in {list(names)} and K in eval.ks={ks}, e.g. {example}"
+        )
+    if match.group(2) not in names:
+        raise ConfigError(f"eval.monitor={monitor}: no metric {match.group(2)!r}; expected one of {list(names)} at a K of eval.ks")
+    if int(match.group(3)) not in ks:
+        raise ConfigError(
+            f"eval.monitor={monitor}: the metric is computed only at the cut-offs eval.ks={ks}; "
+            f"expected K in {ks} (e.g. eval.monitor={str(monitor).rsplit('@', 1)[0]}@{max(ks)})"
+        )
+    if mode not in ("max", "min"):
+        raise ConfigError(f"eval.mode={mode}: expected max or min")
+    if match.group(2) in higher_is_better and mode != "max":
+        raise ConfigError(f"eval.monitor={monitor} with eval.mode={mode}: a higher {match.group(2)} is better; expected eval.mode=max")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -62,26 +90,15 @@ def check_config(cfg: DictConfig) -> None:
     ``eval`` (cut-offs, the monitored metric), the batch sizes, the positive threshold, sparse
     embeddings with an optimizer that refuses them, and a hard-negative rank window. The
     losses check their own parameters when built, the data its files when read."""
+    if "seed" in cfg and not _is_int(cfg.get("seed")):
+        raise ConfigError(f"seed={cfg.get('seed')}: expected an integer")
     ev = cfg.get("eval")
     if ev is not None:
         ks = ev.get("ks")
         ks = OmegaConf.to_container(ks, resolve=True) if OmegaConf.is_config(ks) else ks
         if not isinstance(ks, list) or not ks or not all(_is_int(k) and k >= 1 for k in ks):
             raise ConfigError(f"eval.ks={ks}: expected a non-empty list of positive integers (cut-offs K, e.g. [10, 20, 50])")
-        from twotower.metrics import METRIC_NAMES
-
-        monitor = ev.get("monitor")
-        match = _RANKED_METRIC.fullmatch(str(monitor)) if monitor is not None else None
-        names = (*METRIC_NAMES, "coverage", "mean_popularity")
-        if match and match.group(1) not in names:
-            raise ConfigError(f"eval.monitor={monitor}: no metric {match.group(1)!r}; expected one of {list(names)} at a K of eval.ks")
-        if match and int(match.group(2)) not in ks:
-            raise ConfigError(
-                f"eval.monitor={monitor}: the metric is computed only at the cut-offs eval.ks={ks}; "
-                f"expected K in {ks} (e.g. eval.monitor={str(monitor).rsplit('@', 1)[0]}@{max(ks)})"
-            )
-        if ev.get("mode") not in ("max", "min"):
-            raise ConfigError(f"eval.mode={ev.get('mode')}: expected max or min")
+        _check_monitor(ev.get("monitor"), ev.get("mode"), ks)
         patience = ev.get("patience")
         if patience is not None and not (_is_int(patience) and patience >= 0):
             raise ConfigError(f"eval.patience={patience}: expected a non-negative integer, or null to never stop early")
@@ -110,6 +127,10 @@ def check_config(cfg: DictConfig) -> None:
             )
     model = cfg.get("model")
     net, optimizer = (model.get("net"), model.get("optimizer")) if model is not None else (None, None)
+    if optimizer is not None and "lr" in optimizer:
+        lr = optimizer.get("lr")
+        if not (_is_number(lr) and lr > 0):
+            raise ConfigError(f"model.optimizer.lr={lr}: expected a finite number > 0 (e.g. 0.001)")
     if net is not None and net.get("sparse_embeddings") and optimizer is not None:
         target = str(optimizer.get("_target_"))
         if target in ("torch.optim.Adam", "torch.optim.AdamW"):
@@ -118,6 +139,13 @@ def check_config(cfg: DictConfig) -> None:
                 "gradients; expected model.optimizer._target_=twotower.optim.Adam (the same Adam, lazy on sparse rows)"
             )
     sampler = cfg.get("sampler")
+    if sampler is not None and "num_negatives" in sampler:
+        count = sampler.get("num_negatives")
+        if not (_is_int(count) and count >= 1):
+            raise ConfigError(f"sampler.num_negatives={count}: expected a positive integer")
+    limit = (cfg.get("limits") or {}).get("step_memory_gb")
+    if limit is not None and not (_is_number(limit) and limit > 0):
+        raise ConfigError(f"limits.step_memory_gb={limit}: expected a number of GB > 0, or null (80% of this machine's memory)")
     if sampler is not None and "lo" in sampler and "hi" in sampler:
         lo, hi = sampler.lo, sampler.hi
         if not (_is_int(lo) and _is_int(hi) and 1 <= lo <= hi):
@@ -135,6 +163,45 @@ def check_eval_ks(ks, num_items: int) -> None:
     if too_large:
         raise ConfigError(
             f"eval.ks={ks}: K={too_large[0]} exceeds the catalogue of {num_items} items; expected every K <= {num_items}"
+        )
+
+
+def check_monitor_groups(monitor: str, warm: torch.Tensor) -> None:
+    """A warm/cold monitor needs both groups among the validation users (``warm``: ``[U]`` bool):
+    with one group alone the metric is never logged and the run would fail after an epoch."""
+    group = _VALIDATION_METRIC.fullmatch(str(monitor)).group(1)
+    if group and (bool(warm.all()) or not bool(warm.any())):
+        only = "warm" if bool(warm.all()) else "cold"
+        raise ConfigError(
+            f"eval.monitor={monitor}: the validation split has {only} users only, so no {group}-user metric is "
+            f"logged; expected eval.monitor={str(monitor).replace(group, '')}"
+        )
+
+
+def check_training_step(cfg: DictConfig, negatives, num_items: int, num_examples: int, item_row_floats: int) -> None:
+    """Refuse negatives beyond the catalogue and a training step that cannot fit in memory
+    (:mod:`twotower.step_memory`). ``negatives``: what the sampler gives one example."""
+    from twotower.step_memory import GB, default_limit_bytes, step_bytes
+
+    items = negatives.items
+    per_example = items.shape[1] if items is not None and items.dim() == 2 else 0
+    shared = len(items) if items is not None and items.dim() == 1 else 0
+    if max(per_example, shared) > num_items:
+        raise ConfigError(
+            f"sampler.num_negatives={max(per_example, shared)} exceeds the catalogue of {num_items} items; "
+            f"expected at most {num_items}"
+        )
+    batch = min(cfg.data.batch_size, num_examples)  # a batch holds at most every training example
+    needed = step_bytes(batch, per_example, shared, negatives.in_batch, num_items, item_row_floats)
+    limit_gb = (cfg.get("limits") or {}).get("step_memory_gb")
+    limit = int(limit_gb * GB) if limit_gb is not None else default_limit_bytes()
+    if needed > limit:
+        sources = [f"{per_example} negatives per example"] * bool(per_example) + [f"{shared} shared negatives"] * bool(shared)
+        sources += ["in-batch negatives"] * bool(negatives.in_batch)
+        raise ConfigError(
+            f"a training step needs at least {needed / GB:.1f} GB (data.batch_size={cfg.data.batch_size}, {', '.join(sources)}), "
+            f"more than limits.step_memory_gb allows ({limit / GB:.1f} GB); expected a smaller sampler.num_negatives "
+            "or data.batch_size (or a larger limits.step_memory_gb)"
         )
 
 
@@ -166,20 +233,13 @@ def compose_config(overrides: list[str] | None = None, output_dir: str | os.Path
         overrides.append(f"paths.output_dir={Path(output_dir).resolve()}")
     from hydra.errors import HydraException
 
+    from twotower.cli import one_line
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         try:
             return compose(config_name="train", overrides=overrides)
         except HydraException as err:  # an unknown key or option, a malformed override: one line, no traceback
-            raise ConfigError(_one_line(err)) from err
-
-
-def _one_line(err: BaseException) -> str:
-    """Hydra's multi-line message (and its cause's first line) as one line, without the search path."""
-    text = str(err).split("Config search path:")[0]
-    if err.__cause__ is not None:
-        text += "\n" + str(err.__cause__).strip().splitlines()[0]
-    text = text.replace(":\n\t", ": ").replace("\n\t", ", ")
-    return "; ".join(line.strip().rstrip(".") for line in text.splitlines() if line.strip())
+            raise ConfigError(one_line(err)) from err
 
 
 # What may change when a run resumes: how it reports, not what it computes.
@@ -190,13 +250,19 @@ RESUME_OVERRIDABLE = (*REPORTING_KEYS, "resume=", "hydra.")
 def resumed_config(run_dir: str | os.PathLike, overrides: list[str]) -> DictConfig:
     """The config a run was started with (its ``config.yaml``), to continue it in
     ``run_dir``. Overrides other than logging ones are refused: a run resumes as it
-    was configured, or it would not reach the result of an uninterrupted run."""
+    was configured, or it would not reach the result of an uninterrupted run. The run
+    folder may come from someone else, so its config is read as data
+    (:func:`~twotower.artifacts.check_artifact_config`); a completed run is left as it is."""
+    from twotower.artifacts import check_artifact_config
+    from twotower.runs import read_status
+
     run_dir = Path(run_dir).resolve()
+    expected = "expected the run directory of an earlier twotower-train run"
+    if not run_dir.is_dir():
+        raise ConfigError(f"resume={run_dir}: no such directory; {expected}")
     saved = run_dir / "config.yaml"
     if not saved.is_file():
-        raise ConfigError(
-            f"resume={run_dir}: no config.yaml there; expected the run directory of an earlier twotower-train run"
-        )
+        raise ConfigError(f"resume={run_dir}: no config.yaml there; {expected}")
     changed = [o for o in overrides if not o.lstrip("+~").startswith(RESUME_OVERRIDABLE)]
     if changed:
         raise ConfigError(
@@ -204,11 +270,19 @@ def resumed_config(run_dir: str | os.PathLike, overrides: list[str]) -> DictConf
             "(only logger.*, trainer.enable_progress_bar and progress_bar_refresh_steps may change; "
             "start a new run to change the rest)"
         )
-    cfg = OmegaConf.load(saved)
+    if read_status(run_dir).get("status") == "completed":
+        raise ConfigError(f"resume={run_dir}: the run has completed (status.json); nothing to resume; start a new run to train again")
+    try:
+        cfg = OmegaConf.load(saved)
+    except Exception as err:  # noqa: BLE001 - YAML and OmegaConf raise several types for a broken file
+        raise ConfigError(f"resume={run_dir}: cannot read config.yaml ({str(err).strip().splitlines()[0]}); {expected}") from err
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"resume={run_dir}: config.yaml holds no mapping; {expected}")
+    check_artifact_config(OmegaConf.to_container(cfg, resolve=False), f"resume={run_dir}: config.yaml")
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
         if key.startswith(REPORTING_KEYS):
             OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=True)
     cfg.resume = str(run_dir)
-    cfg.paths.output_dir = str(run_dir)
+    OmegaConf.update(cfg, "paths.output_dir", str(run_dir), force_add=True)
     return cfg

@@ -10,11 +10,13 @@ Console scripts:
 - ``twotower-evaluate RUN [--ckpt best|last]``: the test metrics of a checkpoint,
   compared with the run's ``results.json``.
 
-Checkpoints are read with ``torch.load(weights_only=True)``: nothing is unpickled.
-A checkpoint that is missing, unreadable (e.g. truncated), not twotower's, written by a
-newer twotower, or whose weights do not fit the model its config builds is refused with a
-:class:`CheckpointError`; an export folder with a missing or unreadable file with an
-:class:`ExportError` (both ``ValueError``); the commands print the message and exit with 2.
+Checkpoints are read as data (:mod:`twotower.artifacts`): nothing is unpickled, and their
+config may only name the package's own builders. A checkpoint that is missing, unreadable
+(e.g. truncated), corrupted (its SHA-256 record), not twotower's, written by a newer
+twotower, or whose weights do not fit the model its config builds is refused with a
+:class:`CheckpointError`; an export folder with a missing, unreadable or corrupted file
+(``checksums.json`` holds every file's SHA-256) with an :class:`ExportError` (both
+``ValueError``); the commands print the message and exit with 2.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
-import re
 import shutil
 import sys
 import uuid
@@ -34,9 +34,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import twotower
+from twotower.artifacts import CheckpointError, check_plain_values, first_line, read_checkpoint
+from twotower.cli import is_write_error, report
 from twotower.data.features import encode_feature
 from twotower.fsutil import swap_in
+from twotower.integrity import file_digest, folder_digests
+from twotower.index import FILES as INDEX_FILES
 from twotower.index import ItemIndex, ann_quality
 from twotower.models import Tower, TwoTowerModel, require_factorized
 from twotower.models.tower import select_features
@@ -44,67 +47,13 @@ from twotower.models.tower import select_features
 INDEX_DIR = "index"
 EXPORT_FILES = ("item_vectors.npy", "item_ids.json", "user_tower.pt", "user_tower.json",
                 "user_features.pt", "user_ids.json", "features.json", "ann_quality.json")  # fmt: skip
+CHECKSUMS = "checksums.json"  # SHA-256 of every other file of an export, written last
 TOWER_ARGS = {"embedding_dim": 32, "mlp": [128, 64], "dropout": 0.0, "normalize": True}  # TwoTowerModel defaults
 ENCODE_CHUNK = 65536
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what was expected."""
-
-
 class ExportError(ValueError):
     """An export folder with a file that cannot be read; the message names the file."""
-
-
-def _first_line(err: BaseException) -> str:
-    """The first sentence of an error's message (torch and pyarrow add paragraphs of advice)."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[0].split(". ")[0].rstrip(".") if lines else type(err).__name__
-
-
-def _version(text) -> tuple[int, int, int] | None:
-    """``"1.2.3"`` (a suffix such as ``.dev0`` or ``rc1`` ignored) -> ``(1, 2, 3)``; ``None`` if not a version."""
-    match = re.match(r"(\d+)\.(\d+)\.(\d+)", str(text))
-    return tuple(int(g) for g in match.groups()) if match else None
-
-
-def check_version(ckpt_path: Path, written) -> None:
-    """Refuse a checkpoint written by a newer twotower (major.minor.patch compared) or with a
-    version that is not one; a checkpoint without ``twotower_version`` predates the field and is read."""
-    if written is None:
-        return
-    theirs, ours = _version(written), _version(twotower.__version__)
-    if theirs is None:
-        raise CheckpointError(f"{ckpt_path}: twotower_version={written!r} is not a version; expected major.minor.patch")
-    if ours is not None and theirs > ours:
-        raise CheckpointError(
-            f"{ckpt_path} was written by twotower {written}, newer than this twotower {twotower.__version__}; "
-            f"expected a checkpoint from twotower {twotower.__version__} or older (upgrade twotower to read it)"
-        )
-
-
-def read_checkpoint(ckpt_path: Path) -> dict:
-    """The checkpoint dict, loaded with ``weights_only=True`` and checked to be a twotower one."""
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{ckpt_path}: holds objects other than tensors and plain containers, refused (checkpoints are loaded "
-            "with weights_only=True); expected a checkpoint written by twotower-train"
-        ) from err
-    except Exception as err:  # noqa: BLE001 - torch raises several types for a broken file
-        raise CheckpointError(
-            f"{ckpt_path}: cannot read the checkpoint ({_first_line(err)}); expected a complete checkpoint "
-            "written by twotower-train (is the file truncated?)"
-        ) from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{ckpt_path}: holds a {type(ckpt).__name__}, not a checkpoint; expected a checkpoint written by twotower-train")
-    if "twotower_config" not in ckpt or "twotower_features" not in ckpt:
-        raise CheckpointError(f"{ckpt_path} is not a twotower checkpoint (no twotower_config / twotower_features)")
-    check_version(ckpt_path, ckpt.get("twotower_version"))
-    if not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"{ckpt_path}: no state_dict (the model's weights); expected a checkpoint written by twotower-train")
-    return ckpt
 
 
 def load_weights(ckpt_path: Path, model: torch.nn.Module, state: dict, name: str, error: type = CheckpointError) -> None:
@@ -145,26 +94,29 @@ def load_run(path: str | os.PathLike, which: str = "best"):
     ckpt = read_checkpoint(ckpt_path)  # refused before the heavy imports below
 
     import lightning as L
-    from omegaconf.errors import OmegaConfBaseException
 
-    from twotower.config import build
+    from twotower.config import build, check_config
+    from twotower.data.schema import DataError
     from twotower.train import build_datamodule
 
     try:
         cfg = OmegaConf.create(ckpt["twotower_config"])
+        check_config(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         trainable = cfg.model.optimizer is not None
         dm = build_datamodule(cfg, train_on=build(cfg.loss).trains_on if trainable else "positives")
         dm.setup("fit")
-        if json.loads(json.dumps(dm.data.fitted)) != json.loads(json.dumps(ckpt["twotower_features"])):
-            raise CheckpointError(f"{ckpt_path}: the data prepared from the saved config fits other features than the checkpoint's; has the data changed?")
         model = build(cfg.model.net)(dm.data)
         name = f"the model its config builds ({cfg.model.get('name', type(model).__name__)})"
-    except OmegaConfBaseException as err:
+    except DataError:
+        raise  # the data the config names is missing or broken: its message says which
+    except Exception as err:  # noqa: BLE001 - whatever the stored values break, it is the checkpoint's config
         raise CheckpointError(
-            f"{ckpt_path}: its twotower_config cannot rebuild the run ({_first_line(err)}); expected the config "
+            f"{ckpt_path}: its twotower_config cannot rebuild the run ({first_line(err)}); expected the config "
             "saved by twotower-train"
         ) from err
+    if json.loads(json.dumps(dm.data.fitted)) != json.loads(json.dumps(ckpt["twotower_features"])):
+        raise CheckpointError(f"{ckpt_path}: the data prepared from the saved config fits other features than the checkpoint's; has the data changed?")
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     load_weights(ckpt_path, model, state, name)
     return ckpt_path, cfg, dm, model.eval(), ckpt
@@ -224,6 +176,7 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
         sample = rng.choice(len(users), size=min(1000, len(users)), replace=False)
         quality = ann_quality(item_index, items, users[np.sort(sample)], min(100, len(items)))
         _write_json(tmp / "ann_quality.json", {"index": item_index.config, **quality})
+        _write_json(tmp / CHECKSUMS, folder_digests(tmp))
         swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -232,14 +185,28 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
 
 
 def check_export(export_dir: str | os.PathLike) -> Path:
-    """The export folder, if every exported file is there; else ``FileNotFoundError`` naming them."""
+    """The export folder, if every exported file is there and matches its SHA-256 in
+    ``checksums.json``; else ``FileNotFoundError`` naming the missing files, or
+    ``ExportError`` naming the first corrupted one."""
     folder = Path(export_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"export folder {folder} does not exist")
-    missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]
+    missing = [name for name in (*EXPORT_FILES, CHECKSUMS) if not (folder / name).is_file()]
     missing += [f"{INDEX_DIR}/"] if not (folder / INDEX_DIR).is_dir() else []
     if missing:
         raise FileNotFoundError(f"export {folder} is incomplete: missing {', '.join(missing)}")
+    recorded = _read_json(folder / CHECKSUMS)
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise ExportError(f"{folder / CHECKSUMS}: expected {{file: sha256}}, as twotower-export writes it (export again)")
+    for name, digest in sorted(recorded.items()):
+        path = folder / name
+        if ".." in Path(name).parts or Path(name).is_absolute() or not path.is_file():
+            raise ExportError(f"{folder / CHECKSUMS} lists {name!r}, which is not a file of the export (export again)")
+        if file_digest(path) != digest:
+            raise ExportError(f"{path}: its SHA-256 does not match {CHECKSUMS}: the file is corrupted (export again)")
+    unlisted = [name for name in (*EXPORT_FILES, *(f"{INDEX_DIR}/{f}" for f in INDEX_FILES)) if name not in recorded]
+    if unlisted:
+        raise ExportError(f"{folder / CHECKSUMS} does not cover {', '.join(unlisted)} (export again)")
     return folder
 
 
@@ -248,7 +215,7 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path}: not valid JSON ({_first_line(err)}); expected the file as twotower wrote it (is it truncated?)") from err
+        raise ExportError(f"{path}: not valid JSON ({first_line(err)}); expected the file as twotower wrote it (is it truncated?)") from err
 
 
 def _read_tensors(path: Path) -> dict:
@@ -257,7 +224,7 @@ def _read_tensors(path: Path) -> dict:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for a broken file
         raise ExportError(
-            f"{path}: cannot read ({_first_line(err)}); expected the file twotower-export wrote (is it truncated? export again)"
+            f"{path}: cannot read ({first_line(err)}); expected the file twotower-export wrote (is it truncated? export again)"
         ) from err
     if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
         raise ExportError(f"{path}: expected a dict of tensors, as twotower-export writes it (export again)")
@@ -268,9 +235,10 @@ def load_user_tower(export_dir: str | os.PathLike) -> Tower:
     """The exported user tower (eval mode), from ``user_tower.json`` and ``user_tower.pt`` only."""
     folder = Path(export_dir)
     spec = _read_json(folder / "user_tower.json")
+    check_plain_values(spec, str(folder / "user_tower.json"))
     try:
         tower = Tower(spec["fitted"], **spec["args"])
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise ExportError(f"{folder / 'user_tower.json'}: not a user tower description ({err!r}); expected the file twotower-export wrote") from err
     load_weights(folder / "user_tower.pt", tower, _read_tensors(folder / "user_tower.pt"), "the user tower user_tower.json describes", ExportError)
     return tower.eval()
@@ -366,9 +334,9 @@ def evaluate(path: str | os.PathLike, which: str = "best") -> tuple[dict[str, fl
 # ----------------------------------------------------------------------------- console scripts
 
 
-def _fail(prog: str, err: Exception) -> int:
-    print(f"{prog}: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-    return 2
+# Refusals the commands report in one line (exit 2): bad input, and a folder that cannot be written.
+def _refused(err: BaseException) -> bool:
+    return isinstance(err, (ValueError, KeyError, FileNotFoundError, FileExistsError)) or is_write_error(err)
 
 
 def _param(text: str) -> tuple[str, int]:
@@ -389,8 +357,10 @@ def export_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = export(args.run, args.out, args.index, args.ckpt, dict(args.param), overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        return _fail(p.prog, err)
+    except Exception as err:
+        if not _refused(err):
+            raise
+        return report(p.prog, err)
     quality = json.loads((out / "ann_quality.json").read_text())
     print(f"exported to {out}: {args.index} index, recall@{quality['k']}={quality['recall@k']:.4f}, qps={quality['qps']:.0f}")
     return 0
@@ -411,8 +381,10 @@ def retrieve_main(argv: list[str] | None = None) -> int:
     try:
         new_users = [dict(pair.split("=", 1) for pair in spec.split(",") if pair) for spec in args.new_user]
         results = retrieve(args.export_dir, args.user, args.k, new_users)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        return _fail(p.prog, err)
+    except Exception as err:
+        if not _refused(err):
+            raise
+        return report(p.prog, err)
     for user, rows in zip([*args.user, *(f"(new: {s})" for s in args.new_user)], results):
         print(f"user {user}:")
         for row in rows:
@@ -429,8 +401,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
     try:
         metrics, saved = evaluate(args.run, args.ckpt)
-    except (ValueError, FileNotFoundError) as err:
-        return _fail(p.prog, err)
+    except Exception as err:
+        if not _refused(err):
+            raise
+        return report(p.prog, err)
     print(format_table(metrics, "test"))
     if not saved:
         print("no test metrics in results.json to compare with")

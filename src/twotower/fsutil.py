@@ -29,11 +29,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     :func:`remove_stale_temporaries` clears."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)  # a full disk or a read-only folder: no half-written file stays
+        if isinstance(err, OSError) and err.filename is None:  # os.fsync's errors name no file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     fsync_path(path.parent)  # make the rename itself durable
 
 

@@ -1,5 +1,6 @@
-"""Run and sweep bookkeeping: unique run directories, a ``status.json`` per run,
-and a sweep summary whose failure count becomes the command's exit status."""
+"""Run and sweep bookkeeping: unique run directories, a ``status.json`` per run, checks
+that refuse a bad config before Hydra creates any folder, and a sweep summary (also
+after an interrupted sweep) whose failure count becomes the command's exit status."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ log = logging.getLogger("twotower")
 
 # Failures seen by the last multirun of this process (read by the console script for its exit status).
 LAST_SWEEP = {"jobs": 0, "failed": 0}
+# The multirun in progress: its folder, its config, whether this process created the folder.
+ACTIVE_SWEEP: dict[str, Any] = {}
+STATUSES = ("running", "completed", "failed", "interrupted")
+# How prepared_arguments (twotower.cli) passes a secret typed on the command line.
+# (Hydra escapes the braces and the colon in a sweep job's overrides: $\{oc.env\:...\}.)
+_SECRET_REFERENCE = re.compile(r"\$\\?\{oc\.env\\?:TWOTOWER_ARG_\d+_SECRET\\?\}")
 
 
 def new_run_id() -> str:
@@ -38,9 +45,10 @@ def new_run_id() -> str:
 
 
 def safe_dirname(text: str, max_len: int = 180) -> str:
-    """A sweep subdirectory name from ``key=value,key=value``: path separators and
-    odd characters replaced, long names cut (readable, never nested)."""
-    name = re.sub(r"[^A-Za-z0-9._=,+\-]", "_", text) or "default"
+    """A sweep subdirectory name from ``key=value,key=value``: secrets typed on the command
+    line shown as ``redacted``, path separators and odd characters replaced, long names cut
+    (readable, never nested)."""
+    name = re.sub(r"[^A-Za-z0-9._=,+\-]", "_", _SECRET_REFERENCE.sub("redacted", text)) or "default"
     return name[:max_len]
 
 
@@ -56,7 +64,8 @@ def register_resolvers() -> None:
 
 
 def write_status(run_dir: Path, status: str, started: float, overrides: list[str], error: BaseException | None = None) -> None:
-    """``status.json``: ``running`` | ``completed`` | ``failed``, with the error if any."""
+    """``status.json``: ``running`` | ``completed`` | ``failed`` | ``interrupted``, with the error if any."""
+    assert status in STATUSES, status
     payload = {
         "status": status,
         "error": None if error is None else f"{type(error).__name__}: {error}",
@@ -81,43 +90,121 @@ def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
     for status_file in sorted(sweep_dir.glob("*/status.json")):
         s = json.loads(status_file.read_text())
         jobs.append({"dir": status_file.parent.name, "status": s["status"], "error": s.get("error")})
-    failed = [j for j in jobs if j["status"] != "completed"]
+    failed = [j for j in jobs if j["status"] != "completed"]  # failed, interrupted, or killed while running
     return {"jobs": len(jobs), "failed": len(failed), "failures": failed}
 
 
-class SweepSummary(Callback):
-    """At the end of a multirun: print which jobs failed, write
+class RunHooks(Callback):
+    """Checks before Hydra creates a folder, and the end of a multirun.
+
+    ``on_run_start`` / ``on_multirun_start`` run after Hydra composed the config and before
+    it creates the run or sweep folder: a config that cannot work is refused there, with one
+    line and exit status 2, and leaves nothing behind (Hydra turns an exception raised by a
+    callback into a warning, so the refusal exits itself). At the end of a multirun (or when
+    it is interrupted, see :func:`finish_sweep`): print which jobs failed, write
     ``sweep_summary.json`` in the sweep directory, remember the count."""
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        summary = summarize_sweep(sweep_dir)
-        write_json_atomic(sweep_dir / "sweep_summary.json", summary)
-        LAST_SWEEP.update(jobs=summary["jobs"], failed=summary["failed"])
-        if summary["failed"]:
-            log.error("sweep %s: %d of %d jobs failed", sweep_dir, summary["failed"], summary["jobs"])
-            for job in summary["failures"]:
-                log.error("  %s: %s", job["dir"], job["error"])
-        else:
-            log.info("sweep %s: all %d jobs completed", sweep_dir, summary["jobs"])
-        if summary["jobs"] > summary["failed"]:
-            self._report(config, sweep_dir)
-
-    @staticmethod
-    def _report(config: DictConfig, sweep_dir: Path) -> None:
-        """The comparison report (``twotower-compare``) of the sweep, in
-        ``<sweep>/comparison``, and as a W&B table in the sweep's group."""
-        from twotower.compare import compare
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from twotower.checkpoints import resume_checkpoint
+        from twotower.cli import USER_ERRORS, fail
+        from twotower.config import build, check_config, resumed_config
 
         try:
-            markdown, _ = compare([sweep_dir], sweep_dir / "comparison")
-        except (FileNotFoundError, ValueError) as err:
-            log.warning("no comparison report for %s: %s", sweep_dir, err)
+            if config.get("resume"):
+                resumed = resumed_config(config.resume, list(config.hydra.overrides.task))
+                resume_checkpoint(Path(resumed.paths.output_dir))  # refuses when no checkpoint is intact
+            else:
+                check_config(config)
+                build(config.loss)  # a loss checks its own parameters (temperature, margin, ...)
+        except USER_ERRORS as err:
+            fail("twotower-train", err)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from twotower.cli import USER_ERRORS, fail
+        from twotower.config import check_config
+        from twotower.distributed import relaunches_command
+        from twotower.errors import ConfigError
+
+        try:
+            if config.get("resume"):
+                raise ConfigError("resume= continues one run; it cannot be part of a sweep (-m)")
+            if relaunches_command(config.trainer.get("strategy", "auto")):
+                raise ConfigError(
+                    f"trainer.strategy={config.trainer.get('strategy')} runs the whole command once per rank, so each "
+                    "rank would run its own copy of the sweep; for sweeps use trainer=ddp_spawn (GPUs) or "
+                    "trainer=ddp_cpu, one multi-device job at a time, or launch single runs with trainer=ddp"
+                )
+            check_config(config)  # the values every job shares; a swept value is checked by its job
+        except USER_ERRORS as err:
+            fail("twotower-train", err)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        ACTIVE_SWEEP.update(dir=sweep_dir, config=config, created=not sweep_dir.exists(), log_dir=Path(config.paths.log_dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        finish_sweep()
+
+
+def finish_sweep(interrupted: bool = False) -> None:
+    """Summarize the multirun in progress (if any): ``sweep_summary.json``, the failures in the
+    log and the comparison report of the jobs that completed; also after an interrupt."""
+    if not ACTIVE_SWEEP:
+        return
+    sweep_dir, config = ACTIVE_SWEEP["dir"], ACTIVE_SWEEP["config"]
+    ACTIVE_SWEEP.clear()
+    summary = {**summarize_sweep(sweep_dir), "interrupted": interrupted}
+    write_json_atomic(sweep_dir / "sweep_summary.json", summary)
+    LAST_SWEEP.update(jobs=summary["jobs"], failed=summary["failed"])
+    if interrupted:
+        log.error("sweep %s interrupted: %d job(s) ran, %d completed", sweep_dir, summary["jobs"], summary["jobs"] - summary["failed"])
+    elif summary["failed"]:
+        log.error("sweep %s: %d of %d jobs failed", sweep_dir, summary["failed"], summary["jobs"])
+    else:
+        log.info("sweep %s: all %d jobs completed", sweep_dir, summary["jobs"])
+    for job in summary["failures"]:
+        log.error("  %s: %s%s", job["dir"], job["status"], f": {job['error']}" if job["error"] else "")
+    if summary["jobs"] > summary["failed"]:
+        _report(config, sweep_dir)
+
+
+def discard_refused_sweep() -> None:
+    """Remove the multirun's folder when this process created it and no job wrote anything
+    there (a job's config was refused as Hydra composed it): a refused command leaves nothing."""
+    if not ACTIVE_SWEEP:
+        return
+    sweep_dir, created, log_dir = ACTIVE_SWEEP["dir"], ACTIVE_SWEEP["created"], ACTIVE_SWEEP["log_dir"]
+    ACTIVE_SWEEP.clear()
+    if created and sweep_dir.is_dir() and {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+        (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+        remove_empty_folders(sweep_dir, stop_at=log_dir)
+
+
+def remove_empty_folders(folder: Path, stop_at: Path) -> None:
+    """Remove ``folder`` and then each empty parent below ``stop_at`` (the folders a run or
+    sweep created for itself); stop at the first that is not empty: nothing holding a file
+    is ever removed."""
+    folder, stop_at = Path(folder).resolve(), Path(stop_at).resolve()
+    while folder != stop_at and stop_at in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
             return
-        log.info("comparison of the sweep's runs (%s):\n%s", sweep_dir / "comparison", markdown)
-        wb = OmegaConf.to_container(config.logger.wandb, resolve=True) if "logger" in config else {}
-        if wb.get("enabled") and resolve_wandb_mode(wb.get("mode", "auto")) != "disabled":
-            log_comparison_table(sweep_dir / "comparison" / "comparison.csv", wb, group=wb.get("group") or sweep_dir.name)
+        folder = folder.parent
+
+
+def _report(config: DictConfig, sweep_dir: Path) -> None:
+    """The comparison report (``twotower-compare``) of the sweep, in
+    ``<sweep>/comparison``, and as a W&B table in the sweep's group."""
+    from twotower.compare import compare
+
+    try:
+        markdown, _ = compare([sweep_dir], sweep_dir / "comparison")
+    except (FileNotFoundError, ValueError) as err:
+        log.warning("no comparison report for %s: %s", sweep_dir, err)
+        return
+    log.info("comparison of the sweep's runs (%s):\n%s", sweep_dir / "comparison", markdown)
+    wb = OmegaConf.to_container(config.logger.wandb, resolve=True) if "logger" in config else {}
+    if wb.get("enabled") and resolve_wandb_mode(wb.get("mode", "auto")) != "disabled":
+        log_comparison_table(sweep_dir / "comparison" / "comparison.csv", wb, group=wb.get("group") or sweep_dir.name)
 
 
 def run_labels(cfg: DictConfig) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -16,20 +17,34 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from twotower import CONFIG_DIR
 from twotower.callbacks import StopOnNonFiniteLoss
 from twotower.checkpoints import AtomicCheckpointIO, checkpoint_step, resume_checkpoint
-from twotower.config import CONFIG_DIR, ConfigError, build, check_eval_ks, check_loss_sampler, load_dotenv_file, resolved_config, resumed_config
+from twotower.cli import (
+    EXIT_INTERRUPTED, USER_ERRORS, fail, interruption, is_write_error, prepared_arguments, stop_on_signals, was_interrupted,
+)  # fmt: skip
+from twotower.config import (
+    build, check_eval_ks, check_loss_sampler, check_monitor_groups, check_training_step, load_dotenv_file, resolved_config,
+    resumed_config,
+)  # fmt: skip
 from twotower.data.datamodule import RetrievalDataModule
-from twotower.data.schema import DataError
-from twotower.distributed import configured_world_size, is_main_process, relaunches_command, split_evenly
+from twotower.distributed import configured_world_size, is_main_process, split_evenly
+from twotower.errors import ConfigError
+from twotower.fsutil import write_bytes_atomic
 from twotower.loggers import build_loggers, drop_metrics_after, finish_wandb, log_summary, redact_secrets
 from twotower.module import RetrievalModule
 from twotower.report import format_table, write_results
-from twotower.runs import LAST_SWEEP, read_status, register_resolvers, run_labels, sweep_name, write_status
+from twotower.runs import (
+    LAST_SWEEP, discard_refused_sweep, finish_sweep, read_status, register_resolvers, remove_empty_folders, run_labels,
+    sweep_name, write_status,
+)  # fmt: skip
 from twotower.topk import choose_backend
+
+PROG = "twotower-train"
 
 log = logging.getLogger("twotower")
 
@@ -86,16 +101,24 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     model_trainable = cfg.model.optimizer is not None
     datamodule = build_datamodule(cfg, train_on=loss.trains_on if model_trainable else "positives")
     datamodule.setup("fit")
-    check_eval_ks(cfg.eval.ks, datamodule.data.num_items)
+    data = datamodule.data
+    check_eval_ks(cfg.eval.ks, data.num_items)
     labels = run_labels(cfg)
+    model = build(cfg.model.net)(data)
     if model_trainable:
         check_loss_sampler(loss, datamodule.sampler, labels)
+        if "val" in data.eval_sets:
+            check_monitor_groups(cfg.eval.monitor, data.eval_sets["val"].warm)
+        ex = datamodule.train_examples  # what the sampler gives one example: the sizes of a step
+        one = datamodule.sampler.sample(ex.user[:1], ex.item[:1], torch.Generator().manual_seed(0))
+        tower = getattr(model, "item_tower", None)
+        check_training_step(cfg, one, data.num_items, len(ex.user), tower.row_floats if tower is not None else 0)
+
+    resume_from = resume_checkpoint(run_dir) if cfg.get("resume") else None
 
     if writes_files:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
         datamodule.save_artifacts(run_dir)
-    data = datamodule.data
-    model = build(cfg.model.net)(data)
     if hasattr(model, "read_features"):
         datamodule.read_only(model.read_features)
     on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
@@ -126,7 +149,6 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         # Lightning's default bar updates at every step: about 1.5 ms each on a CPU (docs/BENCHMARKS.md).
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=cfg.get("progress_bar_refresh_steps", 1)))
     checkpoint = None
-    resume_from = resume_checkpoint(run_dir) if cfg.get("resume") else None
     if resume_from is not None and writes_files:
         drop_metrics_after(run_dir, checkpoint_step(resume_from))  # the resumed run logs those again
     if model_trainable:
@@ -202,22 +224,19 @@ def tester(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
 def run_task(cfg: DictConfig) -> float | None:
     """One job as Hydra runs it: ``train`` with a ``status.json`` beside the results.
 
-    In a multirun a failing job is recorded (status, error, traceback) and the
-    sweep goes on with the next job; the sweep summary counts the failures.
+    In a multirun a failing job is recorded (status, error, traceback) and the sweep goes
+    on with the next job; the sweep summary counts the failures. A single run refused for
+    bad input changes nothing (a new run's folder is removed, a resumed run keeps its
+    record) and exits 2 with one line; one that cannot write its folder is recorded as
+    failed and exits 2 with one line; Ctrl-C or SIGTERM records it as interrupted.
     Returns the best value of the monitored validation metric, for hyper-parameter sweepers.
     """
     run_dir = Path(cfg.paths.output_dir)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
-    if multirun and relaunches_command(cfg.trainer.get("strategy", "auto")):
-        # Raised, not recorded: every job of the sweep would fail the same way.
-        raise ConfigError(
-            f"trainer.strategy={cfg.trainer.get('strategy')} runs the whole command once per rank, so each rank "
-            "would run its own copy of the sweep; for sweeps use trainer=ddp_spawn (GPUs) or trainer=ddp_cpu, one "
-            "multi-device job at a time, or launch single runs with trainer=ddp"
-        )
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
-    if cfg.get("resume"):
+    resumed = bool(cfg.get("resume"))
+    if resumed:
         if multirun:
             raise ConfigError("resume= continues one run; it cannot be part of a sweep (-m)")
         cfg = resumed_config(cfg.resume, overrides)
@@ -226,23 +245,48 @@ def run_task(cfg: DictConfig) -> float | None:
     if not is_main_process():  # rank 0 keeps the status; the other ranks only train
         train(cfg)
         return None
+    new_folder = not resumed and _holds_nothing_yet(run_dir)
+    previous_status = (run_dir / "status.json").read_bytes() if resumed and (run_dir / "status.json").is_file() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     write_status(run_dir, "running", started, overrides)
     try:
         metrics = train(cfg)
-    except Exception as err:
-        write_status(run_dir, "failed", started, overrides, err)
+    except BaseException as err:
+        if isinstance(err, USER_ERRORS) and not multirun and not was_interrupted():
+            if new_folder:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                remove_empty_folders(run_dir.parent, stop_at=Path(cfg.paths.log_dir))
+            elif previous_status is not None:
+                write_bytes_atomic(run_dir / "status.json", previous_status)
+            fail(PROG, err)
+        interrupted = was_interrupted() or isinstance(err, KeyboardInterrupt)
+        try:
+            write_status(run_dir, "interrupted" if interrupted else "failed", started, overrides, interruption() if interrupted else err)
+        except OSError as status_err:  # the folder cannot be written at all: the error below says so
+            log.error("could not record the failure in %s: %s", run_dir / "status.json", status_err)
+        if interrupted:
+            log.warning("interrupted; continue the run with: %s resume=%s", PROG, run_dir)
+            raise KeyboardInterrupt from err  # stops a sweep too; main() summarizes it
+        if not isinstance(err, Exception):
+            raise
         if multirun:
             log.exception("job failed (recorded in %s); the sweep goes on", run_dir / "status.json")
             return float("nan")  # a search sweeper records the trial as failed and goes on
-        if isinstance(err, (ConfigError, DataError)):
-            # Bad input: the message says what to fix; a traceback would only bury it.
-            print(f"twotower-train: error: {err}", file=sys.stderr)
-            sys.exit(2)
+        if is_write_error(err):
+            fail(PROG, err)
         raise
     write_status(run_dir, "completed", started, overrides)
     return metrics.get(f"best/{cfg.eval.monitor}", metrics.get(cfg.eval.monitor))
+
+
+def _holds_nothing_yet(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is missing or holds only the empty log Hydra opened for this job:
+    a folder this job may remove when its config is refused."""
+    if not run_dir.exists():
+        return True
+    entries = list(run_dir.iterdir())
+    return all(p.name == "train.log" and p.is_file() and p.stat().st_size == 0 for p in entries)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -255,12 +299,26 @@ def main() -> None:
     torchrun_rank = "TORCHELASTIC_RUN_ID" in os.environ
     if torchrun_rank and not os.environ.get("TWOTOWER_RUN_ID") and not any(a.startswith("hydra.run.dir=") for a in sys.argv):
         # Each rank resolves its own run directory from the time: they must agree on one.
-        sys.exit(
-            "twotower-train under torchrun: set TWOTOWER_RUN_ID (the same on every node), e.g. "
+        fail(PROG, ConfigError(
+            "under torchrun set TWOTOWER_RUN_ID (the same on every node), e.g. "
             "TWOTOWER_RUN_ID=$(date +%Y-%m-%d_%H-%M-%S) torchrun ..., or pass hydra.run.dir=DIR"
-        )
+        ))  # fmt: skip
     register_resolvers()
-    _hydra_main()
+    # Hydra prints its errors over several lines with advice; raised instead, each becomes one line below.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv[1:] = prepared_arguments(sys.argv[1:])
+    stop_on_signals()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        finish_sweep(interrupted=True)
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except (*USER_ERRORS, HydraException, OSError) as err:
+        if isinstance(err, OSError) and not isinstance(err, HydraException) and not is_write_error(err):
+            raise  # a missing data file is a DataError; another OSError is not the user's input
+        discard_refused_sweep()
+        fail(PROG, err)
     if LAST_SWEEP["failed"]:
         # The exit status says how many jobs of the sweep failed (capped to stay a valid status).
         sys.exit(min(LAST_SWEEP["failed"], 100))

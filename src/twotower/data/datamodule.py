@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from twotower.candidates import build_layout, distinct_ids
 from twotower.data.features import parse_feature_specs
 from twotower.data.prepare import EvalSet, PreparedData, SplitArrays, prepare
-from twotower.data.schema import InteractionData
+from twotower.data.schema import DataError, InteractionData
 from twotower.distributed import split_evenly
+from twotower.errors import ConfigError
 from twotower.samplers import TrainingStats
 
 
@@ -191,13 +192,16 @@ class RetrievalDataModule(L.LightningDataModule):
             **split,
         )
         train = self.data.splits["train"]
-        self.sampler = self.sampler_factory(
-            TrainingStats(self.data.item_counts, train.user, train.item, train.rating, self.data.num_users)
-        )
+        try:
+            self.sampler = self.sampler_factory(
+                TrainingStats(self.data.item_counts, train.user, train.item, train.rating, self.data.num_users)
+            )
+        except ValueError as err:  # the sampler's settings do not fit this data (e.g. no ratings)
+            raise ConfigError(f"{self.data.name}: {err}") from err
         # A sampler that takes low ratings as negatives cannot work when those ratings are positives.
         max_rating = getattr(self.sampler, "max_rating", None)
         if max_rating is not None and (self.positive_threshold is None or self.positive_threshold <= max_rating):
-            raise ValueError(
+            raise ConfigError(
                 f"sampler exposed_unclicked takes ratings <= {max_rating} as negatives, but "
                 f"data.positive_threshold={self.positive_threshold} makes them positives; "
                 f"set data.positive_threshold above {max_rating} (e.g. 4)"
@@ -213,7 +217,7 @@ class RetrievalDataModule(L.LightningDataModule):
             rated = ~torch.isnan(train.rating)
             self.train_examples = SplitArrays(train.user[rated], train.item[rated], train.rating[rated], train.positive[rated])
             if len(self.train_examples.user) == 0:
-                raise ValueError(f"{self.data.name}: this loss trains on ratings, but the training split has none")
+                raise DataError(f"{self.data.name}: this loss trains on ratings, but the training split has none")
         else:
             self.train_examples = train.positives()
 

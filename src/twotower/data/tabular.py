@@ -10,16 +10,27 @@ for CSV/TSV, counting the header as line 1; ``row N`` for Parquet, 1-based),
 what was expected and how many rows share the problem. Line numbers assume one
 record per physical line (no line breaks inside quoted fields). Lines that are
 entirely empty are skipped; a line with fewer fields than the header (the last line
-of a truncated file) is refused, though a file cut inside its very last field cannot
-be told from a complete one.
+of a truncated file) or more (a separator inside an unquoted value) is refused, though
+a file cut inside its very last field cannot be told from a complete one.
 
 Rows may come in any order: timestamps need not increase down the file (splits and
 histories order by timestamp), but each must lie between 1970-01-01 and a day from now.
+
+Ids are kept exactly: an integer id beyond int64 (a uint64 above 2**63-1) becomes its
+decimal string rather than wrapping around. Spaces around an id are not part of it
+(``" 12"`` and ``"12"`` are one id, in interaction and feature tables alike), and a
+warning counts the ids so trimmed. An id longer than ``MAX_ID_LENGTH`` characters, or a
+feature value longer than ``MAX_VALUE_LENGTH``, is refused. Rows repeated exactly
+(same user, item, timestamp and rating) are kept, with a warning that counts them:
+repeat interactions are real data in many logs (check-ins, re-purchases), and only the
+user can tell them from an export that wrote rows twice. In a ready-made split, val/test
+users and items that never appear in the training file are kept, with a warning.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import time
@@ -41,6 +52,14 @@ _CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _LEADING_ZERO = re.compile(r"[+-]?0[0-9]")
 _MAX_LISTED = 10
 _DAY = 86_400
+# Ids are copied into every vocabulary, checkpoint and export: a UUID has 36 characters, a SHA-256
+# 64, so a longer "id" is a misparsed field (a whole line, a text blob), not a key worth keeping.
+MAX_ID_LENGTH = 256
+# Generous for a title or a few thousand |-joined tags; a bigger cell is a blob or a misparse.
+MAX_VALUE_LENGTH = 65_536
+_BLOCK = 1 << 24  # bytes read at a time when counting fields
+
+log = logging.getLogger("twotower")
 
 
 @dataclass
@@ -110,55 +129,85 @@ def _read(path: str, usecols: list[str]) -> _Table:
         table = _Table(path, frame.reset_index(drop=True), places, "row", text=False)
     else:
         try:
-            header = [str(c) for c in pd.read_csv(path, sep=sep, nrows=0, dtype=str).columns]
-            # The header's last column is read too: a line cut short (a truncated file) leaves it empty.
-            columns = list(dict.fromkeys([*usecols, header[-1]])) if header else list(usecols)
+            header = pd.read_csv(path, sep=sep, nrows=0, dtype=str).columns
+            # Before pandas reads the lines: it pads a short one, drops the extra fields of a long one.
+            _check_field_counts(path, sep, len(header))
             frame = pd.read_csv(
-                path, sep=sep, usecols=columns, dtype=str, keep_default_na=False, skip_blank_lines=False
+                path, sep=sep, usecols=usecols, dtype=str, keep_default_na=False, skip_blank_lines=False
             )
+        except DataError:
+            raise  # a ValueError too, but already worded
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
             raise DataError(f"{path}: cannot parse ({error}); expected one record per line") from error
         places = np.arange(2, len(frame) + 2)
         blank = (frame == "").all(axis=1).to_numpy() if len(frame.columns) else np.zeros(len(frame), bool)
-        if len(header) > 1:
-            # pandas pads a line with too few fields with empty values: look at the lines that may be one.
-            _check_field_counts(path, sep, len(header), places[(frame[header[-1]] == "").to_numpy() & ~blank])
-        frame = frame[usecols]
         table = _Table(path, frame[~blank].reset_index(drop=True), places[~blank], "line", text=True)
     if len(table.frame) == 0:
         raise DataError(f"{path}: empty file (no data rows); expected at least one row after the header")
     return table
 
 
-def _check_field_counts(path: str, sep: str, width: int, lines: np.ndarray) -> None:
-    """Raise if any of ``lines`` (1-based physical line numbers) has fewer than ``width`` fields:
-    a line cut short, as the last line of a truncated file is. (A file cut inside its last
-    field cannot be told from a complete one.)"""
-    if len(lines) == 0:
-        return
-    wanted, last = set(lines.tolist()), int(lines.max())
-    short = []
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        for number, line in enumerate(f, start=1):
-            if number in wanted:
-                text = line.rstrip("\r\n")
-                fields = text.count(sep) + 1 if '"' not in text else len(next(csv.reader([text], delimiter=sep), []))
-                if fields < width:
-                    short.append((number, fields))
-            if number >= last:
+def _check_field_counts(path: str, sep: str, width: int) -> None:
+    """Raise if a non-empty data line has fewer fields than the header's ``width`` (a line cut
+    short, as the last line of a truncated file is) or more (an unquoted separator inside a value,
+    or a stray one at the end of the line).
+    pandas cannot tell: it pads a short line, and drops a long line's extra fields (or, on the
+    first data line, shifts every column). Counted on the raw bytes, a block at a time."""
+    number, rest, first, count = 1, b"", None, 0  # number: the line the next block starts on
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_BLOCK)
+            data = rest + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            lines, rest = data[:cut], data[cut:]
+            if lines:
+                lines = lines if lines.endswith(b"\n") else lines + b"\n"
+                numbers, fields = _bad_field_counts(lines, number, sep, width)
+                count += len(numbers)
+                if first is None and len(numbers):
+                    first = (int(numbers[0]), int(fields[0]))
+                number += lines.count(b"\n")
+            if not block:
                 break
-    if short:
-        number, fields = short[0]
-        many = "1 line has this problem" if len(short) == 1 else f"{len(short)} lines have this problem, the first shown"
+    if first:
+        line, fields = first
+        hint = "is the file truncated, or a line cut short?" if fields < width else "a stray separator?"
+        many = "1 line has this problem" if count == 1 else f"{count} lines have this problem, the first shown"
         raise DataError(
-            f"{path}: line {number} has {fields} field(s) but the header has {width}; expected every line to have "
-            f"{width} fields (is the file truncated, or a line cut short?) ({many})"
+            f"{path}: line {line} has {fields} field(s) but the header has {width}; expected every line to have "
+            f"{width} fields ({hint}) ({many})"
         )
 
 
+def _bad_field_counts(lines: bytes, number: int, sep: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The line numbers and field counts of the data lines in ``lines`` (whole lines, the first
+    numbered ``number``) whose field count is not ``width``. Fields are counted as separators + 1;
+    only a line with a quote (which may hold a separator) is parsed as CSV."""
+    raw = np.frombuffer(lines, np.uint8)
+    ends = np.flatnonzero(raw == ord("\n"))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+
+    def per_line(char: str) -> np.ndarray:
+        at = np.flatnonzero(raw == ord(char))
+        return np.searchsorted(at, ends) - np.searchsorted(at, starts)
+
+    fields, quoted = per_line(sep) + 1, per_line('"') > 0
+    length = ends - starts
+    blank = (length == 0) | ((length == 1) & (raw[starts] == ord("\r")))
+    numbers = np.arange(number, number + len(ends))
+    for i in np.flatnonzero(quoted & ~blank):
+        text = lines[starts[i] : ends[i]].decode("utf-8", errors="replace").rstrip("\r")
+        fields[i] = len(next(csv.reader([text], delimiter=sep), []))
+    bad = (fields != width) & ~blank & (numbers > 1)  # line 1 is the header
+    return numbers[bad], fields[bad]
+
+
 def _show(value) -> str:
-    """repr of a value, as a plain Python scalar ('u1', 7, not np.int64(7))."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
+    """repr of a value, as a plain Python scalar ('u1', 7, not np.int64(7)); an overlong string is cut."""
+    value = value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+        return repr(value[:MAX_ID_LENGTH]) + "..."
+    return repr(value)
 
 
 def _count(n: int) -> str:
@@ -179,18 +228,27 @@ def _fail(table: _Table, column: str, mask: np.ndarray, problem: str, expected: 
     )
 
 
-def _text(series: pd.Series) -> pd.Series:
-    """Values as stripped strings, "" where missing."""
-    present = series.notna()
-    return series.astype(object).where(present, "").astype(str).str.strip()
+def _text(series: pd.Series, strip: bool = True) -> pd.Series:
+    """Values as (stripped) strings, "" where missing."""
+    text = series.astype(object).where(series.notna(), "").astype(str)
+    return text.str.strip() if strip else text
+
+
+def _check_lengths(table: _Table, column: str, text: pd.Series, what: str, limit: int) -> None:
+    too_long = (text.str.len() > limit).to_numpy()
+    _fail(table, column, too_long, f"{what} {{value}} is too long", f"at most {limit} characters")
 
 
 def _ids(table: _Table, column: str, what: str) -> pd.Series:
-    """An id column as int64 when integral, else as strings; a missing id raises."""
+    """An id column as int64 when integral (and within int64), else as exact strings, stripped;
+    a missing or overlong id raises."""
     s = table.frame[column]
     expected = f"a non-empty {what} (an integer or a string)"
     if pd.api.types.is_integer_dtype(s.dtype):
         _fail(table, column, s.isna().to_numpy(), f"missing {what}", expected)
+        # A uint64 above int64's range would wrap to a negative number: keep its exact decimal string.
+        if pd.api.types.is_unsigned_integer_dtype(s.dtype) and s.max() > np.iinfo(np.int64).max:
+            return s.astype(str)
         return s.astype(np.int64)
     if pd.api.types.is_float_dtype(s.dtype):
         values = s.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -198,14 +256,29 @@ def _ids(table: _Table, column: str, what: str) -> pd.Series:
         if np.all(values == np.round(values)) and np.all(np.abs(values) < 2**53):
             return pd.Series(values.astype(np.int64))
         return s.astype(str)
-    text = _text(s)
+    raw = _text(s, strip=False)
+    text = raw.str.strip()
     _fail(table, column, (text == "").to_numpy(), f"missing {what}", expected)
+    _check_lengths(table, column, text, what, MAX_ID_LENGTH)
+    _warn_padded(table, column, raw, text, what)
     if table.text and bool(text.str.fullmatch(_CANONICAL_INT.pattern).all()):
         try:
             return text.astype(np.int64)
         except (OverflowError, ValueError):
             pass  # beyond int64: keep as strings
     return text
+
+
+def _warn_padded(table: _Table, column: str, raw: pd.Series, text: pd.Series, what: str) -> None:
+    """Spaces around an id are not part of it (the module's policy): say how many ids lost some."""
+    padded = (raw != text).to_numpy()
+    if padded.any():
+        first = np.flatnonzero(padded)[0]
+        log.warning(
+            f"{table.path}: column '{column}': {int(padded.sum())} row(s) ({raw[padded].nunique()} distinct "
+            f"value(s)) have spaces around the {what}, the first on {table.unit} {table.places[first]} "
+            f"({_show(raw.iloc[first])}); the spaces are ignored, so ' 12' and '12' are the same {what}"
+        )
 
 
 def _timestamps(table: _Table, column: str, timestamp_format: str | None) -> pd.Series:
@@ -329,7 +402,20 @@ def _read_interactions(path: str, role: str, names: _Columns, timestamp_format: 
     else:
         frame["rating"] = np.nan
     frame["rating"] = frame["rating"].astype(np.float64)
+    _warn_repeated(table, frame)
     return table, frame, score
+
+
+def _warn_repeated(table: _Table, frame: pd.DataFrame) -> None:
+    """Exact repeats are kept (the module's policy) but counted: they may be an export's duplicates."""
+    repeated = frame.duplicated().to_numpy()
+    if repeated.any():
+        first = table.places[np.flatnonzero(repeated)[0]]
+        log.warning(
+            f"{table.path}: {int(repeated.sum())} row(s) repeat an earlier row exactly (same user, item, timestamp "
+            f"to the second and rating/label), the first on {table.unit} {first}; kept as repeat interactions "
+            "(remove them from the file if they were written twice by mistake)"
+        )
 
 
 @dataclass
@@ -350,6 +436,9 @@ def _read_features(path: str, role: str, key: str, mapped: str) -> _Features:
     table = _read(path, found)
     ids = _ids(table, key_column, key.replace("_", " "))
     features = table.frame.drop(columns=[key_column])
+    for column in features.columns:
+        if not pd.api.types.is_numeric_dtype(features[column].dtype):
+            _check_lengths(table, column, _text(features[column], strip=False), "value", MAX_VALUE_LENGTH)
     if table.text:
         features = pd.DataFrame({c: _feature_column(features[c]) for c in features.columns}, index=features.index)
     return _Features(path, key, table, key_column, ids, features)
@@ -389,6 +478,25 @@ def _unify(series: list[pd.Series]) -> list[pd.Series]:
     return [s if pd.api.types.is_string_dtype(s.dtype) else s.astype(str) for s in series]
 
 
+def _warn_unseen_in_train(split: dict[str, pd.DataFrame], sources: dict[str, str]) -> None:
+    """Say how many val/test users and items have no training interaction, and what becomes of them
+    (see ``prepare``: both stay, with their ids mapped to the unknown row of the id vocabulary)."""
+    for role in ("val", "test"):
+        counts = []
+        for key in ("user_id", "item_id"):
+            ids = pd.Series(split[role][key].unique())
+            counts.append((int((~ids.isin(split["train"][key])).sum()), len(ids)))
+        (new_users, users), (new_items, items) = counts
+        if new_users or new_items:
+            log.warning(
+                f"{sources[role]}: {new_users} of {users} users and {new_items} of {items} items never appear in "
+                f"{sources['train']}; users without training data are evaluated as cold users (from their features, "
+                "reported apart under cold/), items without training data stay in the catalogue and their "
+                "interactions stay in the split (positives are still targets), ranked from their features alone (their "
+                "id maps to the unknown row)"
+            )
+
+
 def load_tables(
     interactions: str | None = None,
     train: str | None = None,
@@ -409,7 +517,7 @@ def load_tables(
     Interaction columns: ``user_id``, ``item_id``, ``timestamp`` and optionally
     ``rating`` (a number) or ``label`` (0/1, stored as the rating); ``columns``
     maps these names to the file's, e.g. ``{"user_id": "uid"}``. Ids are int64
-    when every value everywhere is an integer, else strings. Timestamps are
+    when every value everywhere is an integer within int64, else (exact) strings. Timestamps are
     seconds since the epoch or datetimes (``timestamp_format``, else ISO-8601;
     naive ones are UTC), returned as int64 seconds.
 
@@ -480,6 +588,7 @@ def load_tables(
         all_interactions, split = frames["interactions"], None
     else:
         split = {role: frames[role] for role in ("train", "val", "test")}
+        _warn_unseen_in_train(split, sources)
         all_interactions = pd.concat(list(split.values()), ignore_index=True)
     return InteractionData(
         name=name,

@@ -104,6 +104,8 @@ class Tower(nn.Module):
         width = embedding_dim * (len(self.single_inputs) + len(self.bags)) + len(self.dense_inputs)
         if width == 0:
             raise ValueError("a tower needs at least one feature")
+        # Floats one row leaves in the tower (its input and each layer's output): a step's memory.
+        self.row_floats = width + sum(mlp)
         layers: list[nn.Module] = []
         for i, size in enumerate(mlp):
             layers.append(nn.Linear(width, size))
