@@ -78,8 +78,18 @@ site-packages:
 - ``use_gpu: False`` (RecBole's default is True; these runs are on the CPU).
 
 Options: ``--set KEY=VALUE ...`` passes more RecBole settings to the quality runs (e.g.
-``stopping_step=50``); ``--max-epochs`` caps ``epochs``. Each quality run records the validation
-MRR@10 of every epoch (``valid_mrr@10_per_epoch``) next to the test metrics.
+``stopping_step=50``); ``--max-epochs`` caps ``epochs``; ``--time-budget S`` stops training after
+the epoch that passes S seconds and tests the best model on validation so far (quality after the
+same wall time as another run). Each quality run records the validation metric of every epoch
+(``valid_per_epoch``, RecBole's ``valid_metric``) and its wall time next to the test metrics.
+
+The LightGCN benchmarks (Gowalla): the platform's own split, written as benchmark files by
+``scripts/export_recbole_split.py`` (twotower's venv), then ``--benchmark NAME --data-dir DIR``:
+
+    .venv/bin/python scripts/export_recbole_split.py --name gowalla_s1 --out /tmp/recbole_peer/data data=gowalla seed=1
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /tmp/recbolevenv/bin/python scripts/peer_recbole.py --data /path/to/ml-100k.zip \
+        --data-dir /tmp/recbole_peer/data --benchmark gowalla_s1 --mode quality --model SimpleX --seeds 1 \
+        --topk 20 50 --time-budget 1200 --set valid_metric=Recall@20 --out /tmp/recbole_simplex_gowalla.json
 
 On a 2-core machine (2026-11-29, torch 2.13.0 CPU, 2 threads): a BPR epoch (80,808 training
 positives, 40 steps) takes 0.38-0.51 s with ``worker`` 0 (160,000-213,000 positives/s), of which
@@ -239,11 +249,22 @@ def quality(args) -> dict:
             model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
             trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
             epochs = []
-            best_valid, valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False,
-                                                   callback_fn=lambda epoch, score: epochs.append((epoch, float(score))))  # fmt: skip
+            started = time.perf_counter()
+
+            def after_epoch(epoch, score):
+                epochs.append((epoch, float(score), time.perf_counter() - started))
+                if args.time_budget is not None and time.perf_counter() - started >= args.time_budget:
+                    raise _OutOfTime  # the best model on validation so far is saved; test it
+
+            try:
+                best_valid, valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=after_epoch)
+            except _OutOfTime:
+                best_valid, valid_result = trainer.best_valid_score, trainer.best_valid_result
             test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
             run = {"model": args.model, "seed": seed, "reg_weight": reg, "dataset": dataset_name,
-                   "epochs_run": len(epochs), "max_epochs": config["epochs"], "valid_mrr@10_per_epoch": [s for _, s in epochs], "best_valid_mrr@10": float(best_valid),
+                   "epochs_run": len(epochs), "max_epochs": config["epochs"], "valid_metric": config["valid_metric"],
+                   "valid_per_epoch": [s for _, s, _ in epochs], "wall_s_per_epoch": [t for _, _, t in epochs],
+                   "best_valid": float(best_valid), "time_budget_s": args.time_budget,
                    "valid": {k: float(v) for k, v in (valid_result or {}).items()},
                    "test": {k: float(v) for k, v in test_result.items()}, "wall_s": time.perf_counter() - t0,
                    "num_users": dataset.user_num - 1, "num_items": dataset.item_num - 1,
@@ -265,6 +286,10 @@ def quality(args) -> dict:
             "summary": summary}  # fmt: skip
 
 
+class _OutOfTime(Exception):
+    """Raised after the epoch that used up ``--time-budget``."""
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="GroupLens ml-100k.zip")
@@ -282,6 +307,8 @@ def main(argv=None) -> None:
     parser.add_argument("--topk", type=int, nargs="+", default=[10, 20, 50])
     parser.add_argument("--max-epochs", type=int, default=None, help="quality: cap RecBole's `epochs` (default 300)")
     parser.add_argument("--benchmark", default=None, help="quality: dataset NAME with NAME.{train,valid,test}.inter")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="quality: stop training after the epoch that passes this many seconds, then test the best model on validation")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="quality: more RecBole settings, VALUE parsed as YAML (e.g. stopping_step=50)")
     parser.add_argument("--log-level", default="WARNING", help="RecBole's `state`")

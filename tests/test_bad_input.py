@@ -94,7 +94,7 @@ def test_unknown_config_key_is_refused():
 
 
 def test_unknown_config_option_is_refused_with_the_options():
-    with pytest.raises(ConfigError, match=r"Could not find 'loss/listwse'.*Available options in 'loss': listwise, mse"):
+    with pytest.raises(ConfigError, match=r"Could not find 'loss/listwse'.*Available options in 'loss': ccl, listwise, mse"):
         compose_config(["loss=listwse"])
 
 

@@ -10,6 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from twotower.cli import SECRET_ENV, prepared_arguments
 from twotower.config import check_config, check_monitor_groups, check_training_step, compose_config
 from twotower.errors import ConfigError
+from twotower.loggers import resolve_wandb_mode
 from twotower.samplers import Negatives
 from twotower.step_memory import FLOAT_BYTES, GB, NEGATIVE_ID_BYTES, SCORE_BYTES, step_bytes
 
@@ -92,3 +93,35 @@ def test_a_secret_override_is_moved_into_the_environment():
                     "loss.temperature=0.1", "seed=3"]  # fmt: skip
     assert environ == {SECRET_ENV.format(1): "sk-123456", SECRET_ENV.format(2): "t0k3n0"}
     assert prepared_arguments(args, environ) == args  # already moved (a rank started again by DDP)
+
+
+def test_a_null_monitor_tests_the_last_epoch_and_needs_no_validation():
+    check_config(compose_config(["eval.monitor=null", "data.split.val_ratio=0"]))  # accepted: nothing is selected
+    with pytest.raises(ConfigError, match="scheduler=plateau watches eval.monitor, which is null"):
+        check_config(compose_config(["eval.monitor=null", "scheduler=plateau"]))
+    with pytest.raises(ConfigError, match="data.split.val_ratio=0 leaves no validation split.*or eval.monitor=null"):
+        check_config(compose_config(["data.split.val_ratio=0"]))
+    with pytest.raises(ConfigError, match="the data has no validation split to compute it on"):
+        check_monitor_groups("val/recall@20", torch.zeros(0, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({}, "offline"),
+    ({"WANDB_API_KEY": "k"}, "online"),
+    ({"WANDB_API_KEY": "k", "WANDB_MODE": "disabled"}, "disabled"),  # what the user told W&B wins over the key
+    ({"WANDB_MODE": "dryrun"}, "offline"),
+    ({"WANDB_MODE": "Online"}, "online"),
+    ({"WANDB_DISABLED": "true", "WANDB_MODE": "online"}, "disabled"),
+])  # fmt: skip
+def test_wandb_auto_follows_the_environment(environ, expected):
+    assert resolve_wandb_mode("auto", environ) == expected
+    assert resolve_wandb_mode("offline", environ) == "offline"  # an explicit mode wins over the environment
+
+
+def test_an_unknown_wandb_mode_is_refused_before_the_run(monkeypatch):
+    with pytest.raises(ConfigError, match=r"logger.wandb.mode='bogus': expected one of"):
+        check_config(compose_config(["logger.wandb.mode=bogus"]))
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ConfigError, match=r"WANDB_MODE='sometimes' in the environment: expected one of"):
+        check_config(compose_config(["logger.wandb.mode=auto"]))
+    check_config(compose_config(["logger.wandb.mode=disabled"]))  # not consulted when the mode is explicit

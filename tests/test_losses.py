@@ -11,6 +11,7 @@ import torch
 
 from twotower.candidates import mask_value
 from twotower.losses import (
+    CosineContrastiveLoss,
     ListwiseLoss,
     MSELoss,
     PairwiseHingeLoss,
@@ -513,6 +514,7 @@ def test_new_losses_valid_edge_hyperparameters():
         ("pointwise", PointwiseLoss, {"temperature": 0.2, "negatives_per_positive": 3}),
         ("pairwise_hinge", PairwiseHingeLoss, {"margin": 0.5}),
         ("pairwise_logistic", PairwiseLogisticLoss, {"sigma": 5.0}),
+        ("ccl", CosineContrastiveLoss, {"margin": 0.9, "negative_weight": 150.0}),
     ],
 )
 def test_loss_config_files_build_the_loss(name, cls, values):
@@ -525,3 +527,39 @@ def test_loss_config_files_build_the_loss(name, cls, values):
     for key, value in values.items():
         assert getattr(loss, key) == value
         assert getattr(cls(), key) == value  # the dataclass default is the config's
+
+
+def test_cosine_contrastive_loss_by_hand():
+    """Row 0: (1 - 0.8) + 2 * mean(max(0, [0.5, 0.1, 0.35] - 0.3)) = 0.2 + 2 * (0.2 + 0 + 0.05) / 3;
+    row 1 (its middle column masked): (1 - 0.4) + 2 * mean(max(0, [0.9, 0.2] - 0.3)) = 0.6 + 2 * 0.6 / 2."""
+    pos = torch.tensor([0.8, 0.4], requires_grad=True)
+    neg = torch.tensor([[0.5, 0.1, 0.35], [0.9, 0.99, 0.2]], requires_grad=True)
+    valid = torch.tensor([[True, True, True], [True, False, True]])
+    loss = CosineContrastiveLoss(margin=0.3, negative_weight=2.0)(ScoredBatch(pos=pos, neg=neg, neg_valid=valid))
+    row0, row1 = 0.2 + 2 * 0.25 / 3, 0.6 + 2 * 0.6 / 2
+    assert loss.item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
+    loss.backward()
+    # d/dpos = -1 / B; d/dneg = w / (B * valid in the row) above the margin, 0 below it or masked.
+    torch.testing.assert_close(pos.grad, torch.tensor([-0.5, -0.5]))
+    torch.testing.assert_close(neg.grad, torch.tensor([[1 / 3, 0.0, 1 / 3], [0.5, 0.0, 0.0]]))
+
+
+def test_cosine_contrastive_loss_rows_without_negatives_and_mean_reduction():
+    pos, neg = torch.tensor([0.5, 0.9]), torch.tensor([[0.95, 0.2], [0.97, 0.99]])
+    none_valid = torch.tensor([[True, False], [False, False]])
+    loss_fn = CosineContrastiveLoss(margin=0.9, negative_weight=10.0)
+    # Row 1 has no valid negative: only 1 - 0.9 counts; row 0: 0.5 + 10 * 0.05.
+    assert loss_fn(ScoredBatch(pos=pos, neg=neg, neg_valid=none_valid)).item() == pytest.approx((1.0 + 0.1) / 2, abs=1e-6)
+    one = loss_fn(ScoredBatch(pos=pos, neg=neg))
+    two = loss_fn(ScoredBatch(pos=pos.repeat(3), neg=neg.repeat(3, 1)))
+    torch.testing.assert_close(one, two)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"margin": 1.5}, "loss.margin=1.5: expected a cosine in"),
+    ({"margin": float("nan")}, "loss.margin=nan"),
+    ({"negative_weight": 0.0}, "loss.negative_weight=0.0: expected > 0"),
+])  # fmt: skip
+def test_cosine_contrastive_loss_refuses_bad_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        CosineContrastiveLoss(**kwargs)

@@ -36,3 +36,19 @@ def test_integrity_benchmark_prints_a_row_per_size():
     assert done.returncode == 0, done.stderr[-2000:]
     rows = re.findall(r"^\| ([\d,]+) \| [\d,]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", done.stdout, re.M)
     assert rows == ["100", "2,000"]
+
+
+def test_time_to_quality_reads_the_first_validation_within_the_share_of_the_best(tmp_path):
+    """scripts/time_to_quality.py on a hand-made CSV log: best 0.20 at epoch 3; 95% of it is 0.19,
+    first reached at epoch 2 (0.195), 120 s into the run."""
+    run = tmp_path / "run"
+    (run / "csv").mkdir(parents=True)
+    rows = ["epoch,step,val/recall@20,time/elapsed_s,train/loss", "0,10,0.10,40.0,", "0,10,,,3.0",
+            "1,20,0.18,80.0,", "2,30,0.195,120.0,", "3,40,0.20,160.0,", "4,50,0.199,200.0,"]  # fmt: skip
+    (run / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    script = SCRIPT.with_name("time_to_quality.py")
+    done = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "| run | 0.2000 (3) | 2, 2.0 min | 4, 3.3 min |" in done.stdout
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.startswith("time_to_quality: error:")

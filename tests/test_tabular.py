@@ -117,18 +117,30 @@ def test_parquet_feature_table_saved_with_index(tmp_path):
     assert data.users.index.tolist() == [3, 5] and data.users["age"].tolist() == [30, 40]
 
 
+def split_files(tmp_path, header: str, **rows: str) -> dict:
+    """``{"train": path, ...}``: one CSV per split, ``header`` then that split's ``rows``."""
+    return {name: write(tmp_path, f"{name}.csv", header + text) for name, text in rows.items()}
+
+
 def test_predefined_split(tmp_path):
-    header = "user_id,item_id,timestamp\n"
-    paths = {
-        "train": write(tmp_path, "train.csv", header + "a,x,1600000000\nb,y,1600000001\n"),
-        "val": write(tmp_path, "val.csv", header + "a,y,1600000002\n"),
-        "test": write(tmp_path, "test.csv", header + "b,x,1600000003\n"),
-    }
+    paths = split_files(tmp_path, "user_id,item_id,timestamp\n", train="a,x,1600000000\nb,y,1600000001\n",
+                        val="a,y,1600000002\n", test="b,x,1600000003\n")  # fmt: skip
     data = load_tables(**paths)
     assert set(data.predefined_split) == {"train", "val", "test"}
     assert len(data.predefined_split["train"]) == 2 and len(data.predefined_split["test"]) == 1
     assert data.predefined_split["val"]["item_id"].tolist() == ["y"]
     assert data.interactions["timestamp"].tolist() == [1600000000, 1600000001, 1600000002, 1600000003]
+
+
+def test_timestamps_are_optional_where_no_split_needs_them(tmp_path):
+    paths = split_files(tmp_path, "user_id,item_id\n", train="a,x\nb,y\n", val="a,y\n", test="b,x\n")
+    data = load_tables(**paths)
+    assert not data.has_timestamps and data.interactions["timestamp"].tolist() == [0, 0, 0, 0]
+    assert load_tables(interactions=paths["train"]).has_timestamps is False
+    raises(["files disagree on a timestamp column", "train.csv: has none", "v2.csv: has,"],
+           train=paths["train"], val=write(tmp_path, "v2.csv", "user_id,item_id,timestamp\na,y,1600000002\n"),
+           test=paths["test"])  # fmt: skip
+    raises(["missing required column(s) 'ts' (for timestamp)"], interactions=paths["train"], columns={"timestamp": "ts"})
 
 
 @pytest.mark.parametrize(

@@ -92,13 +92,22 @@ def check_config(cfg: DictConfig) -> None:
     losses check their own parameters when built, the data its files when read."""
     if "seed" in cfg and not _is_int(cfg.get("seed")):
         raise ConfigError(f"seed={cfg.get('seed')}: expected an integer")
+    wandb = cfg.get("logger", {}).get("wandb")
+    if wandb is not None and wandb.get("enabled"):
+        from twotower.loggers import resolve_wandb_mode
+
+        try:  # also the WANDB_MODE of the environment, which `auto` follows
+            resolve_wandb_mode(str(wandb.get("mode", "auto")))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     ev = cfg.get("eval")
     if ev is not None:
         ks = ev.get("ks")
         ks = OmegaConf.to_container(ks, resolve=True) if OmegaConf.is_config(ks) else ks
         if not isinstance(ks, list) or not ks or not all(_is_int(k) and k >= 1 for k in ks):
             raise ConfigError(f"eval.ks={ks}: expected a non-empty list of positive integers (cut-offs K, e.g. [10, 20, 50])")
-        _check_monitor(ev.get("monitor"), ev.get("mode"), ks)
+        if ev.get("monitor") is not None:  # null: no checkpoint selection, the last epoch is tested
+            _check_monitor(ev.get("monitor"), ev.get("mode"), ks)
         patience = ev.get("patience")
         if patience is not None and not (_is_int(patience) and patience >= 0):
             raise ConfigError(f"eval.patience={patience}: expected a non-negative integer, or null to never stop early")
@@ -123,10 +132,13 @@ def check_config(cfg: DictConfig) -> None:
         ):  # fmt: skip
             raise ConfigError(
                 f"data.split.val_ratio=0 leaves no validation split, but eval.monitor={monitor} chooses the checkpoint "
-                "on it; expected val_ratio > 0 (e.g. 0.1)"
+                "on it; expected val_ratio > 0 (e.g. 0.1), or eval.monitor=null to test the last epoch"
             )
     model = cfg.get("model")
     net, optimizer = (model.get("net"), model.get("optimizer")) if model is not None else (None, None)
+    scheduler = model.get("scheduler") if model is not None else None
+    if scheduler is not None and "ReduceLROnPlateau" in str(scheduler.get("_target_")) and ev is not None and ev.get("monitor") is None:
+        raise ConfigError("scheduler=plateau watches eval.monitor, which is null; expected a monitored metric or scheduler=cosine/none")
     if optimizer is not None and "lr" in optimizer:
         lr = optimizer.get("lr")
         if not (_is_number(lr) and lr > 0):
@@ -167,8 +179,13 @@ def check_eval_ks(ks, num_items: int) -> None:
 
 
 def check_monitor_groups(monitor: str, warm: torch.Tensor) -> None:
-    """A warm/cold monitor needs both groups among the validation users (``warm``: ``[U]`` bool):
-    with one group alone the metric is never logged and the run would fail after an epoch."""
+    """A monitored metric needs validation users (``warm``: ``[U]`` bool), and a warm/cold one
+    both groups among them: else the metric is never logged and the run would fail after an epoch."""
+    if len(warm) == 0:
+        raise ConfigError(
+            f"eval.monitor={monitor}: the data has no validation split to compute it on; expected data.split.val_ratio > 0, "
+            "or eval.monitor=null to test the last epoch"
+        )
     group = _VALIDATION_METRIC.fullmatch(str(monitor)).group(1)
     if group and (bool(warm.all()) or not bool(warm.any())):
         only = "warm" if bool(warm.all()) else "cold"

@@ -39,6 +39,7 @@ from twotower.cli import is_write_error, report
 from twotower.data.features import encode_feature
 from twotower.fsutil import swap_in
 from twotower.integrity import file_digest, folder_digests
+from twotower.loggers import quiet_lightning
 from twotower.index import FILES as INDEX_FILES
 from twotower.index import ItemIndex, ann_quality
 from twotower.models import Tower, TwoTowerModel, require_factorized
@@ -147,6 +148,11 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
     require_factorized(model, "export")
     if not isinstance(model, TwoTowerModel):
         raise ValueError(f"{type(model).__name__}: only a two-tower model has a user tower to export")
+    if model.history is not None:
+        raise ValueError(
+            "a user vector blended with the history (model.net.history_weight) has no standalone user tower to "
+            "export yet; expected a model without history_weight (its item vectors and metrics are evaluated as usual)"
+        )
     data = dm.data
     target = Path(out) if out is not None else run_dir_of(ckpt_path) / "export"
     if target.exists() and not overwrite:
@@ -323,6 +329,7 @@ def evaluate(path: str | os.PathLike, which: str = "best") -> tuple[dict[str, fl
     )
     # The run's own test-batch limit (e.g. debug=fast's), so the same users are evaluated.
     limit = cfg.trainer.get("limit_test_batches", None)
+    quiet_lightning()
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
                         enable_model_summary=False, **({"limit_test_batches": limit} if limit is not None else {}))  # fmt: skip
     trainer.test(module, datamodule=dm, verbose=False)

@@ -29,14 +29,46 @@ SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)$", re.IGNORECASE)
 REDACTED = "<redacted>"
 
 
+class LightningNoise(logging.Filter):
+    """Drops Lightning's start-up lines that say nothing about the run: the advertisement of
+    its cloud logger, and accelerators that are absent (``TPU available: False, ...``). An
+    accelerator that is present (``GPU available: True, used: False``) is still reported."""
+
+    ABSENT = re.compile(r"(GPU|TPU|HPU) available: False\b")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("\N{ELECTRIC LIGHT BULB} Tip:") or self.ABSENT.match(message))
+
+
+def quiet_lightning() -> None:
+    """Install :class:`LightningNoise` on the loggers Lightning's ``rank_zero_info`` writes to (once)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LightningNoise) for f in logger.filters):
+            logger.addFilter(LightningNoise())
+
+
+# W&B's own environment switches, as W&B reads them (``dryrun`` is its old name for offline).
+WANDB_ENV_MODES = {"online": "online", "run": "online", "shared": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+
+
 def resolve_wandb_mode(mode: str, environ: dict | None = None) -> str:
-    """``auto`` -> ``online`` when ``WANDB_API_KEY`` is set, else ``offline``."""
+    """``auto`` -> what the user already told W&B (``WANDB_DISABLED=true``, ``WANDB_MODE``),
+    else ``online`` when ``WANDB_API_KEY`` is set, else ``offline``. An explicit mode wins."""
     environ = os.environ if environ is None else environ
     if mode not in WANDB_MODES:
         raise ValueError(f"logger.wandb.mode={mode!r}: expected one of {list(WANDB_MODES)}")
-    if mode == "auto":
-        return "online" if environ.get("WANDB_API_KEY") else "offline"
-    return mode
+    if mode != "auto":
+        return mode
+    if str(environ.get("WANDB_DISABLED", "")).strip().lower() in ("1", "true", "yes"):
+        return "disabled"
+    env_mode = str(environ.get("WANDB_MODE", "")).strip().lower()
+    if env_mode:
+        if env_mode not in WANDB_ENV_MODES:
+            raise ValueError(f"WANDB_MODE={env_mode!r} in the environment: expected one of {sorted(WANDB_ENV_MODES)}")
+        return WANDB_ENV_MODES[env_mode]
+    return "online" if environ.get("WANDB_API_KEY") else "offline"
 
 
 def redact_secrets(value: Any, environ: dict | None = None) -> Any:
@@ -89,17 +121,21 @@ def start_wandb_run(settings: dict, run_dir: Path, config: dict, group: str | No
         dir=str(run_dir),
         reinit="finish_previous",
     )
+    # quiet: W&B's start lines (where the run is, how to sync it) but not its history and
+    # summary block at the end, which repeats the run's own table.
+    quiet = bool(settings.get("quiet", True))
     if mode == "online":
         base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
         # wandb.init itself can take far longer than init_timeout to give up, so probe first.
         if not server_reachable(base_url, timeout=min(3.0, settings.get("init_timeout", 15))):
             log.warning("W&B server %s is unreachable; logging offline instead: upload later with `wandb sync`", base_url)
-            return wandb.init(mode="offline", **kwargs)
+            return wandb.init(mode="offline", settings=wandb.Settings(quiet=quiet), **kwargs)
         try:
-            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=settings.get("init_timeout", 15)), **kwargs)
+            online = wandb.Settings(init_timeout=settings.get("init_timeout", 15), quiet=quiet)
+            return wandb.init(mode="online", settings=online, **kwargs)
         except Exception as err:  # noqa: BLE001 - any failure to reach the server
             log.warning("W&B online start failed (%s); logging offline instead: upload later with `wandb sync`", err)
-    return wandb.init(mode="offline", **kwargs)
+    return wandb.init(mode="offline", settings=wandb.Settings(quiet=quiet), **kwargs)
 
 
 def _read_metrics_csv(path: Path) -> tuple[list[str], list[dict]]:

@@ -119,6 +119,19 @@ def pairwise_logistic_loss(pos: torch.Tensor, neg: torch.Tensor, neg_valid: torc
     return masked_pair_mean(F.softplus(sigma * (neg - pos[:, None])), neg_valid)
 
 
+def cosine_contrastive_loss(
+    pos: torch.Tensor, neg: torch.Tensor, neg_valid: torch.Tensor, margin: float, negative_weight: float
+) -> torch.Tensor:
+    """The cosine contrastive loss of SimpleX (Mao et al., CIKM 2021): per row
+    ``(1 - s+) + w * mean_j max(0, s_j - m)`` over the row's valid negatives, mean over rows.
+    Negatives below the margin cost nothing, so the many easy ones do not drown the few
+    hard ones; ``w`` balances the two terms. ``pos``: ``[B]``; ``neg``, ``neg_valid``:
+    ``[B, C]``; raw cosines. A row without a valid negative keeps its positive term."""
+    hinge = torch.where(neg_valid, F.relu(neg - margin), torch.zeros_like(neg))
+    per_row = hinge.sum(dim=1) / neg_valid.sum(dim=1).clamp_min(1)
+    return ((1 - pos) + negative_weight * per_row).mean()
+
+
 def _check_number(key: str, value, strict: bool) -> None:
     """Refuse a loss parameter that is not a finite number ``> 0`` (``strict``) or ``>= 0``."""
     bound = "> 0" if strict else ">= 0"
@@ -197,6 +210,25 @@ class PairwiseLogisticLoss:
 
     def __call__(self, batch: ScoredBatch) -> torch.Tensor:
         return pairwise_logistic_loss(batch.pos, batch.neg, all_valid(batch.neg, batch.neg_valid), self.sigma)
+
+
+@dataclass
+class CosineContrastiveLoss:
+    """SimpleX's cosine contrastive loss on raw cosines: pull the positive to 1, push each
+    negative below ``margin``, the negative term weighted by ``negative_weight``."""
+
+    margin: float = 0.9
+    negative_weight: float = 150.0
+    needs_negatives = True
+    trains_on = "positives"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.margin, (int, float)) and not isinstance(self.margin, bool) and -1 <= self.margin <= 1):
+            raise ValueError(f"loss.margin={self.margin!r}: expected a cosine in [-1, 1]")
+        _check_number("loss.negative_weight", self.negative_weight, strict=True)
+
+    def __call__(self, batch: ScoredBatch) -> torch.Tensor:
+        return cosine_contrastive_loss(batch.pos, batch.neg, all_valid(batch.neg, batch.neg_valid), self.margin, self.negative_weight)
 
 
 @dataclass

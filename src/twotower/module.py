@@ -4,6 +4,7 @@ math lives in ``candidates``, ``losses`` and ``metrics``; this file wires it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import lightning as L
@@ -67,6 +68,7 @@ class RetrievalModule(L.LightningModule):
         self._accumulator: RankingAccumulator | None = None
         self.test_metrics: dict[str, float] = {}
         self._epoch_loss_sum, self._epoch_examples = torch.zeros(()), 0  # reset at every epoch's start
+        self._fit_started: float | None = None
 
     # ---- training ------------------------------------------------------------
     def batch_loss(self, batch: dict) -> torch.Tensor:
@@ -158,8 +160,15 @@ class RetrievalModule(L.LightningModule):
     def _end_eval(self, prefix: str) -> dict[str, float]:
         metrics = self._accumulator.compute(prefix)
         self._item_vectors, self._accumulator, self._faiss_index = None, None, None
-        self.log_dict(metrics, sync_dist=False)
+        logged = dict(metrics)
+        if prefix == "val" and self._fit_started is not None:
+            # Wall time since this process started fitting: time-to-quality reads it from the CSV log.
+            logged["time/elapsed_s"] = time.perf_counter() - self._fit_started
+        self.log_dict(logged, sync_dist=False)
         return metrics
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()

@@ -35,7 +35,7 @@ from twotower.data.datamodule import RetrievalDataModule
 from twotower.distributed import configured_world_size, is_main_process, split_evenly
 from twotower.errors import ConfigError
 from twotower.fsutil import write_bytes_atomic
-from twotower.loggers import build_loggers, drop_metrics_after, finish_wandb, log_summary, redact_secrets
+from twotower.loggers import build_loggers, drop_metrics_after, finish_wandb, log_summary, quiet_lightning, redact_secrets
 from twotower.module import RetrievalModule
 from twotower.report import format_table, write_results
 from twotower.runs import (
@@ -107,7 +107,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     model = build(cfg.model.net)(data)
     if model_trainable:
         check_loss_sampler(loss, datamodule.sampler, labels)
-        if "val" in data.eval_sets:
+        if cfg.eval.monitor is not None:
             check_monitor_groups(cfg.eval.monitor, data.eval_sets["val"].warm)
         ex = datamodule.train_examples  # what the sampler gives one example: the sizes of a step
         one = datamodule.sampler.sample(ex.user[:1], ex.item[:1], torch.Generator().manual_seed(0))
@@ -163,7 +163,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         # After `checkpoint` in the list, so it holds that callback's update of the same epoch.
         latest = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", monitor=None)
         callbacks += [checkpoint, latest]
-        if cfg.eval.patience is not None:
+        if cfg.eval.patience is not None and cfg.eval.monitor is not None:
             callbacks.append(
                 L.pytorch.callbacks.EarlyStopping(monitor=cfg.eval.monitor, mode=cfg.eval.mode, patience=cfg.eval.patience)
             )
@@ -177,12 +177,16 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         loggers = build_loggers(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, config, group, tags)
         if module.scheduler_factory is not None and loggers:
             callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="epoch"))  # lr per epoch in the logs
+        # No validation users (all training pairs trained on, eval.monitor=null): no validation loop.
+        no_validation = {"limit_val_batches": 0} if len(data.eval_sets["val"].users) == 0 else {}
+        quiet_lightning()
         trainer = build(
             cfg.trainer,
             logger=loggers,
             callbacks=callbacks,
             default_root_dir=str(run_dir),
             plugins=[AtomicCheckpointIO()],
+            **no_validation,
         )
         metrics: dict[str, float] = {}
         if model_trainable:

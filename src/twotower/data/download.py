@@ -5,6 +5,8 @@ Pure functions, knowing nothing of Hydra or Lightning:
 - :func:`fetch_archive` downloads a file into a data directory, verifies its
   checksum and moves it into place atomically; a file already there with the
   right checksum is used as is, without touching the network.
+- :func:`download_file` is the download itself, for files verified otherwise
+  (the LightGCN benchmarks: by their pairs, :mod:`twotower.data.lightgcn`).
 - :func:`safe_extract` unpacks a zip into a directory, refusing members that
   would land outside it, and never leaves a half-extracted directory behind.
 """
@@ -88,35 +90,9 @@ def fetch_archive(
 
     dest_dir.mkdir(parents=True, exist_ok=True)
     part = dest_dir / f"{name}.part"
-    hashers = {algo: hashlib.new(algo) for algo in expected}
     try:
-        try:
-            with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response, open(part, "wb") as out:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                bar = None
-                if show_progress and total:
-                    from tqdm.auto import tqdm
-
-                    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name)
-                try:
-                    while chunk := response.read(_CHUNK):
-                        out.write(chunk)
-                        for h in hashers.values():
-                            h.update(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-                finally:
-                    if bar is not None:
-                        bar.close()
-                if total is not None and out.tell() != total:
-                    raise http.client.IncompleteRead(b"", total - out.tell())
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            raise DataError(
-                f"could not download {url}: {err}. Without network access, download it by hand "
-                f"and place it at {final} (data dir {dest_dir.resolve()})"
-            ) from err
-
+        hashers = download_file(url, part, hint=f"place it at {final} (data dir {dest_dir.resolve()})",
+                                algos=list(expected), show_progress=show_progress)  # fmt: skip
         actual = {algo: h.hexdigest() for algo, h in hashers.items()}
         bad = _mismatches(expected, actual)
         if bad:
@@ -125,6 +101,38 @@ def fetch_archive(
     finally:
         part.unlink(missing_ok=True)
     return final
+
+
+def download_file(url: str, dest: Path, hint: str, algos: list[str] = (), show_progress: bool = True) -> dict:
+    """Download ``url`` to ``dest`` (overwritten), with a progress bar when the size is known;
+    returns the hashers of ``algos`` fed with its bytes. A network failure or a short read
+    raises :class:`~twotower.data.schema.DataError` ending with ``hint`` (what to do offline);
+    the caller removes ``dest`` then."""
+    hashers = {algo: hashlib.new(algo) for algo in algos}
+    try:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response, open(dest, "wb") as out:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            bar = None
+            if show_progress and total:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=Path(dest).name)
+            try:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    for h in hashers.values():
+                        h.update(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+            finally:
+                if bar is not None:
+                    bar.close()
+            if total is not None and out.tell() != total:
+                raise http.client.IncompleteRead(b"", total - out.tell())
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        raise DataError(f"could not download {url}: {err}. Without network access, download it by hand and {hint}") from err
+    return hashers
 
 
 def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:

@@ -16,7 +16,7 @@ import torch
 from twotower.candidates import PositiveLookup
 from twotower.data.features import FeatureSpec, feature_columns, fit_and_encode
 from twotower.data.schema import MULTI_VALUE_SEPARATOR, SPLIT_NAMES, DataError, InteractionData
-from twotower.data.splits import split_interactions
+from twotower.data.splits import random_split, split_interactions
 
 
 @dataclass
@@ -118,8 +118,11 @@ def training_histories(train: pd.DataFrame, positive: np.ndarray, max_len: int |
 
 
 def _expects_validation(split_kind: str, val_ratio: float, data: InteractionData) -> bool:
-    """Whether the split was asked for a validation part (``val_ratio=0`` asks for none)."""
-    return data.predefined_split is not None or split_kind not in ("temporal", "random") or val_ratio > 0
+    """Whether the split was asked for a validation part (``val_ratio=0`` asks for none, with a
+    temporal or random split, or a predefined one without a validation file)."""
+    if data.predefined_split is not None:
+        return len(data.predefined_split["val"]) > 0 or val_ratio > 0
+    return split_kind not in ("temporal", "random") or val_ratio > 0
 
 
 def prepare(
@@ -147,8 +150,15 @@ def prepare(
         if data.predefined_split is None:
             raise DataError(f"{data.name}: split.kind='predefined' needs train/val/test files in the data source")
         parts = {k: v.reset_index(drop=True) for k, v in data.predefined_split.items()}
+        if len(parts["val"]) == 0 and val_ratio > 0:
+            # No validation file (the LightGCN benchmarks): a share of each user's training
+            # interactions, seeded; test stays as published.
+            carved = random_split(parts["train"], val_ratio, 0.0, seed)
+            parts.update(train=carved["train"].reset_index(drop=True), val=carved["val"].reset_index(drop=True))
     else:
-        parts = split_interactions(inter.assign(_pos=is_pos), split_kind, is_pos, val_ratio, test_ratio, seed)
+        parts = split_interactions(
+            inter.assign(_pos=is_pos), split_kind, is_pos, val_ratio, test_ratio, seed, data.has_timestamps
+        )
         parts = {k: v.drop(columns="_pos") for k, v in parts.items()}
 
     # Every id anywhere (feature tables included) gets a dense index; the catalogue is every item.

@@ -4,7 +4,8 @@ synthetic data) returns an :class:`InteractionData`, and everything after that
 
 Interactions are a DataFrame with the columns
   - ``user_id``, ``item_id``: ids, int or str (any hashable scalar);
-  - ``timestamp``: int64 seconds since the epoch;
+  - ``timestamp``: int64 seconds since the epoch (0 throughout when the source has
+    none: ``has_timestamps=False``, and only splits that need no time are allowed);
   - ``rating``: float64, NaN where the source has none.
 Feature tables are DataFrames indexed by ``user_id`` / ``item_id`` (unique),
 one column per raw feature. A multi-valued feature (a movie's genres) is one
@@ -33,7 +34,9 @@ class InteractionData:
 
     ``predefined_split`` is set when the user supplied their own
     train/val/test interaction files: then ``interactions`` is their
-    concatenation and the split is used as given.
+    concatenation and the split is used as given (an empty ``val`` part may be
+    carved from ``train`` by ``split.val_ratio``). ``has_timestamps``: False when
+    the source has no time of interaction (``timestamp`` is 0 throughout).
     """
 
     name: str
@@ -41,6 +44,7 @@ class InteractionData:
     users: pd.DataFrame | None = None
     items: pd.DataFrame | None = None
     predefined_split: dict[str, pd.DataFrame] | None = field(default=None)
+    has_timestamps: bool = True
 
     def __post_init__(self) -> None:
         missing = [c for c in INTERACTION_COLUMNS if c not in self.interactions.columns]

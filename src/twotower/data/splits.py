@@ -97,6 +97,9 @@ def random_split(
     }
 
 
+TIMED_SPLITS = ("temporal", "leave_last_out")
+
+
 def split_interactions(
     interactions: pd.DataFrame,
     kind: str,
@@ -104,8 +107,12 @@ def split_interactions(
     val_ratio: float = 0.1,
     test_ratio: float = 0.1,
     seed: int = 0,
+    has_timestamps: bool = True,
 ) -> dict[str, pd.DataFrame]:
-    """Dispatch on the configured split kind; refuse a split that leaves nothing to train or test on."""
+    """Dispatch on the configured split kind; refuse a split that leaves nothing to train or
+    test on, and a split by time of data that has no timestamps."""
+    if kind in TIMED_SPLITS and not has_timestamps:
+        raise DataError(f"split.kind={kind!r} orders interactions by time, but the data has no timestamps; expected split.kind=random")
     splitters = {
         "temporal": lambda: temporal_split(interactions, val_ratio, test_ratio),
         "leave_last_out": lambda: leave_last_out_split(interactions, is_positive),

@@ -43,7 +43,7 @@ import pandas as pd
 from twotower.data.schema import DataError, InteractionData
 
 _KEYS = ("user_id", "item_id", "timestamp", "rating", "label")
-_REQUIRED = ("user_id", "item_id", "timestamp")
+_REQUIRED = ("user_id", "item_id")
 _CSV_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 # An integer written the canonical way: no sign but '-', no leading zeros ("007" stays a string id).
@@ -375,22 +375,25 @@ def _read_interactions(path: str, role: str, names: _Columns, timestamp_format: 
     optional = [k for k in ("rating", "label") if k in names.explicit] or [
         k for k in ("rating", "label") if getattr(names, k) in found
     ][:1]
-    keys = [*_REQUIRED, *(k for k in ("rating", "label") if k in names.explicit)]
+    # A timestamp column is optional unless named in `columns`: only splits by time need one.
+    timed = "timestamp" in names.explicit or names.timestamp in found
+    keys = [*_REQUIRED, *(["timestamp"] if timed else []), *(k for k in ("rating", "label") if k in names.explicit)]
     missing = [(k, getattr(names, k)) for k in keys if getattr(names, k) not in found]
     if missing:
         listed = ", ".join(f"'{c}'" + ("" if c == k else f" (for {k})") for k, c in missing)
         raise DataError(
             f"{path}: missing required column(s) {listed}; found {found}; expected "
-            "user_id, item_id, timestamp and optionally rating or label (rename with `columns`)"
+            "user_id, item_id and optionally timestamp and rating or label (rename with `columns`)"
         )
     score = optional[0] if optional else None
-    usecols = list(dict.fromkeys([getattr(names, k) for k in _REQUIRED] + ([getattr(names, score)] if score else [])))
+    usecols = [getattr(names, k) for k in keys if k in _REQUIRED or k == "timestamp"]
+    usecols = list(dict.fromkeys(usecols + ([getattr(names, score)] if score else [])))
     table = _read(path, usecols)
     frame = pd.DataFrame(
         {
             "user_id": _ids(table, names.user_id, "user id"),
             "item_id": _ids(table, names.item_id, "item id"),
-            "timestamp": _timestamps(table, names.timestamp, timestamp_format),
+            "timestamp": _timestamps(table, names.timestamp, timestamp_format) if timed else np.int64(0),
         }
     )
     if score == "rating":
@@ -403,7 +406,7 @@ def _read_interactions(path: str, role: str, names: _Columns, timestamp_format: 
         frame["rating"] = np.nan
     frame["rating"] = frame["rating"].astype(np.float64)
     _warn_repeated(table, frame)
-    return table, frame, score
+    return table, frame, score, timed
 
 
 def _warn_repeated(table: _Table, frame: pd.DataFrame) -> None:
@@ -514,8 +517,8 @@ def load_tables(
     ``train``/``val``/``test`` (a split used as given). Files are CSV (``.csv``),
     TSV (``.tsv``) or Parquet (``.parquet``/``.pq``).
 
-    Interaction columns: ``user_id``, ``item_id``, ``timestamp`` and optionally
-    ``rating`` (a number) or ``label`` (0/1, stored as the rating); ``columns``
+    Interaction columns: ``user_id``, ``item_id``, optionally ``timestamp`` (needed only by
+    the splits by time) and ``rating`` (a number) or ``label`` (0/1, stored as the rating); ``columns``
     maps these names to the file's, e.g. ``{"user_id": "uid"}``. Ids are int64
     when every value everywhere is an integer within int64, else (exact) strings. Timestamps are
     seconds since the epoch or datetimes (``timestamp_format``, else ISO-8601;
@@ -543,7 +546,7 @@ def load_tables(
     parts = {}
     for role, path in sources.items():
         parts[role] = _read_interactions(path, role, names, timestamp_format)
-    scores = {role: score for role, (_, _, score) in parts.items()}
+    scores = {role: score for role, (_, _, score, _) in parts.items()}
     if len(set(scores.values())) > 1:
         described = ", ".join(f"{sources[r]}: {s or 'neither'}" for r, s in scores.items())
         raise DataError(f"{name}: the split files disagree on rating/label columns ({described}); expected the same")
@@ -555,9 +558,9 @@ def load_tables(
 
     # One id type per key across every interaction file and the feature table.
     for key, role in (("user_id", "users"), ("item_id", "items")):
-        sides = [frame[key] for _, frame, _ in parts.values()] + ([tables[role].ids] if role in tables else [])
+        sides = [frame[key] for _, frame, _, _ in parts.values()] + ([tables[role].ids] if role in tables else [])
         unified = _unify(sides)
-        for (_, frame, _), ids in zip(parts.values(), unified):
+        for (_, frame, _, _), ids in zip(parts.values(), unified):
             frame[key] = ids
         if role in tables:
             tables[role].ids = unified[-1]
@@ -567,7 +570,7 @@ def load_tables(
         _check_duplicates(t.table, t.key_column, t.ids, t.key.replace("_", " "))
         feature_frames[role] = t.features.set_axis(pd.Index(t.ids.to_numpy(), name=t.key, dtype=t.ids.dtype), axis=0)
 
-    for table, frame, _ in parts.values():
+    for table, frame, _, _ in parts.values():
         for key, owner in (("user_id", "users"), ("item_id", "items")):
             if owner not in tables:
                 continue
@@ -583,7 +586,11 @@ def load_tables(
                     f"{n_ids} distinct {what}{'s are' if n_ids > 1 else ' is'} missing from that table)"
                 )
 
-    frames = {role: frame for role, (_, frame, _) in parts.items()}
+    frames = {role: frame for role, (_, frame, _, _) in parts.items()}
+    timed = {role: has_time for role, (_, _, _, has_time) in parts.items()}
+    if len(set(timed.values())) > 1:
+        described = ", ".join(f"{sources[r]}: {'has' if t else 'has none'}" for r, t in timed.items())
+        raise DataError(f"{name}: the split files disagree on a timestamp column ({described}); expected all or none")
     if "interactions" in frames:
         all_interactions, split = frames["interactions"], None
     else:
@@ -596,4 +603,5 @@ def load_tables(
         users=feature_frames.get("users"),
         items=feature_frames.get("items"),
         predefined_split=split,
+        has_timestamps=all(timed.values()),
     )

@@ -7,7 +7,23 @@ import torch
 from torch import nn
 
 from twotower.candidates import dot_matrix, dot_pairs
+from twotower.models.history import HistoryPool
 from twotower.models.tower import Tower, select_features
+
+
+def _blended_history(user_fitted: list[dict], weight: float | None) -> dict | None:
+    """The history feature that ``history_weight`` blends into the user vector (``None``: no blend)."""
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1:
+        raise ValueError(f"model.net.history_weight={weight!r}: expected a share in (0, 1), or null for no blend")
+    histories = [f for f in user_fitted if f["kind"] == "history"]
+    if len(histories) != 1:
+        raise ValueError(
+            f"model.net.history_weight={weight} blends the user's history, but the user features have "
+            f"{len(histories)} of kind history; expected one, e.g. {{name: history, kind: history}}"
+        )
+    return histories[0]
 
 
 class InnerProductScorer:
@@ -34,7 +50,13 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
     ``feature_set="ids"`` keeps only the ID features (the matrix-completion
     baseline, and the ID-only two-tower model). ``torch_compile``: compile both
     towers with ``torch.compile`` (see docs/BENCHMARKS.md for where it pays off).
-    ``sparse_embeddings``: embedding gradients of the batch's rows only (see :class:`Tower`)."""
+    ``sparse_embeddings``: embedding gradients of the batch's rows only (see :class:`Tower`).
+
+    ``history_weight``: SimpleX's user vector, ``(1 - w) * user tower + w * pooled history``
+    (:class:`~twotower.models.history.HistoryPool`), for the user's one ``history`` feature;
+    ``share_history_embeddings``: pool the item tower's own ID embeddings (else a table of the
+    history's own); ``history_projection``: a learned ``D x D`` map of the pooled history.
+    ``None``: a history feature is one more input of the user tower's MLP."""
 
     trainable = True
 
@@ -49,13 +71,27 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
         history_dropout: float = 0.0,
         torch_compile: bool = False,
         sparse_embeddings: bool = False,
+        history_weight: float | None = None,
+        share_history_embeddings: bool = True,
+        history_projection: bool = True,
+        history_trains_items: bool = True,
     ):
         super().__init__()
         fitted = select_features(fitted, feature_set)
+        blended = _blended_history(fitted["user"], history_weight)
+        self.normalize, self.history_weight = normalize, history_weight
         self.user_tower = Tower(
-            fitted["user"], embedding_dim, mlp, dropout, normalize, history_dropout=history_dropout, sparse=sparse_embeddings
-        )
+            [f for f in fitted["user"] if f is not blended], embedding_dim, mlp, dropout,
+            normalize=normalize and blended is None, history_dropout=history_dropout, sparse=sparse_embeddings,
+        )  # fmt: skip
         self.item_tower = Tower(fitted["item"], embedding_dim, mlp, dropout, normalize, sparse=sparse_embeddings)
+        self.history = None
+        if blended is not None:
+            self.history = HistoryPool(
+                blended, fitted["item"], self.item_tower if share_history_embeddings else None, embedding_dim,
+                self.user_tower.output_dim, history_projection, dropout, history_dropout, sparse_embeddings,
+                trains_items=history_trains_items,
+            )  # fmt: skip
         if torch_compile:
             # In place (nn.Module.compile): parameter names, checkpoints and export are unchanged.
             # Dynamic shapes: batches, negatives and evaluation chunks vary in size.
@@ -65,11 +101,16 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
     @property
     def read_features(self) -> dict[str, list[str]]:
         """The features each tower reads (the data module gathers no others)."""
-        return {"user": self.user_tower.input_names, "item": self.item_tower.input_names}
+        history = [self.history.name] if self.history is not None else []
+        return {"user": [*self.user_tower.input_names, *history], "item": self.item_tower.input_names}
 
     def encode_users(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, D]`` user vectors."""
-        return self.user_tower(features)
+        if self.history is None:
+            return self.user_tower(features)
+        w = self.history_weight
+        blend = (1 - w) * self.user_tower(features) + w * self.history(features[self.history.name])
+        return nn.functional.normalize(blend, dim=-1) if self.normalize else blend
 
     def encode_items(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[N, D]`` item vectors."""
