@@ -39,9 +39,9 @@ from twotower.cli import is_write_error, report
 from twotower.data.features import encode_feature
 from twotower.fsutil import swap_in
 from twotower.integrity import file_digest, folder_digests
-from twotower.loggers import quiet_lightning
 from twotower.index import FILES as INDEX_FILES
 from twotower.index import ItemIndex, ann_quality
+from twotower.loggers import quiet_lightning
 from twotower.models import Tower, TwoTowerModel, require_factorized
 from twotower.models.tower import select_features
 
