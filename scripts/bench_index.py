@@ -14,7 +14,7 @@ isotropic vectors, 0.96 on clustered ones): measure on real item vectors
 before choosing parameters. ``--queries`` (1,000) queries come from the same
 mixture.
 
-Parameters come from ``conf/index/<kind>.yaml``. IVF-PQ needs at least
+Parameters are ``twotower.index.KINDS``'s defaults. IVF-PQ needs at least
 ``39 * max(nlist, 2**nbits)`` training points; for a catalogue smaller than
 that, nlist and nbits are scaled down (nlist <= N / 39, about 4*sqrt(N);
 nbits <= log2(N / 39)) and the table says so.
@@ -43,11 +43,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-import yaml
 
-from twotower.index import MIN_POINTS_PER_CENTROID, ItemIndex, exact_topk, ivfpq_min_points, recall_against
+from twotower.index import KINDS, MIN_POINTS_PER_CENTROID, ItemIndex, exact_topk, ivfpq_min_points, recall_against
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "index"
 SWEEP = {"hnsw": ("ef_search", (64, 256)), "ivfpq": ("nprobe", (8, 128))}
 
 
@@ -64,10 +62,10 @@ def gaussian_mixture(n: int, dim: int, centers: np.ndarray, noise: float, rng: n
 
 
 def kind_configs(num_items: int) -> list[tuple[dict, str]]:
-    """The configs of conf/index, IVF-PQ scaled down when the catalogue is too small to train it."""
+    """Each kind with its default parameters, IVF-PQ scaled down when the catalogue is too small to train it."""
     configs = []
     for kind in ("exact", "hnsw", "ivfpq"):
-        config = yaml.safe_load((CONF_DIR / f"{kind}.yaml").read_text())
+        config = {"kind": kind, **KINDS[kind]}
         note = ""
         if kind == "ivfpq" and num_items < ivfpq_min_points(config["nlist"], config["nbits"]):
             max_nlist = num_items // MIN_POINTS_PER_CENTROID

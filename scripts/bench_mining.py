@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from twotower.candidates import PositiveLookup
+from twotower.data.positives import PositiveLookup
 from twotower.hard_negatives import mine_rank_window
 
 

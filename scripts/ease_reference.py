@@ -19,7 +19,7 @@ import torch
 
 from twotower.config import build, compose_config
 from twotower.metrics import per_user_metrics
-from twotower.train import build_datamodule
+from twotower.wiring import build_datamodule
 
 MAX_ITEMS = 30_000  # a dense float64 items x items inverse of this size is 7 GB
 

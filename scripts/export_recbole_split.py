@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from twotower.config import compose_config
-from twotower.train import build_datamodule
+from twotower.wiring import build_datamodule
 
 
 def main(argv: list[str] | None = None) -> int:

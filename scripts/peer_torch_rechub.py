@@ -154,7 +154,7 @@ def flops_per_sample(model: DSSM, args: argparse.Namespace) -> dict:
 
 
 def mm_peak(n: int = 2048, runs: int = 5) -> dict:
-    """fp32 ``torch.mm`` GFLOP/s of an n x n product (best and median), as scripts/benchmark.py."""
+    """fp32 ``torch.mm`` GFLOP/s of an n x n product (best and median), as benchmarks/ (python -m benchmarks)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
     times = []

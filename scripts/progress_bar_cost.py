@@ -13,6 +13,7 @@ The bars write to stdout (Lightning's default); the table goes to stderr.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -31,14 +32,11 @@ def main(argv=None) -> int:
     import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    from twotower.config import build, compose_config
-    from twotower.module import RetrievalModule
-    from twotower.train import build_datamodule
+    from twotower.config import compose_config
+    from twotower.wiring import build_run
 
-    cfg = compose_config(["logger.wandb.mode=disabled", *args.overrides])
-    loss = build(cfg.loss)
-    dm = build_datamodule(cfg, train_on=loss.trains_on)
-    dm.setup("fit")
+    template = build_run(compose_config(["logger.wandb.mode=disabled", *args.overrides]))
+    dm = template.datamodule
     steps = len(dm.train_dataloader())
 
     class EpochTimes(L.Callback):
@@ -55,9 +53,7 @@ def main(argv=None) -> int:
     times: dict[int, list[float]] = {v: [] for v in variants}
     for _ in range(args.repeats):
         for refresh in variants:
-            model = build(cfg.model.net)(dm.data)
-            dm.read_only(model.read_features)
-            module = RetrievalModule(model, loss, build(cfg.model.optimizer), list(cfg.eval.ks), dm.data.item_counts)
+            module = copy.deepcopy(template.module)  # each variant from the same initial weights
             timer = EpochTimes()
             trainer = L.Trainer(
                 max_epochs=1 + args.epochs, limit_val_batches=0, logger=False, enable_checkpointing=False,

@@ -17,9 +17,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from twotower.config import build, compose_config
-from twotower.module import RetrievalModule
-from twotower.train import build_datamodule
+from twotower.config import compose_config
+from twotower.wiring import build_run
 
 
 class RecordFirstStep(L.Callback):
@@ -40,18 +39,7 @@ class RecordFirstStep(L.Callback):
 
 def one_step(out_dir: Path, overrides: list[str], devices: int) -> None:
     cfg = compose_config(overrides, output_dir=out_dir / "run")
-    L.seed_everything(cfg.seed, verbose=False)
-    datamodule = build_datamodule(cfg, train_on="positives")
-    datamodule.setup("fit")
-    data = datamodule.data
-    module = RetrievalModule(
-        model=build(cfg.model.net)(data),
-        loss=build(cfg.loss),
-        optimizer=build(cfg.model.optimizer),
-        ks=[10],
-        item_counts=data.item_counts,
-        frequency_estimator=getattr(datamodule.sampler, "frequency_estimator", None),
-    )
+    run = build_run(cfg, for_training=False)  # the devices are this test's, not the config's
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -64,7 +52,7 @@ def one_step(out_dir: Path, overrides: list[str], devices: int) -> None:
         enable_model_summary=False,
         callbacks=[RecordFirstStep(out_dir)],
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(run.module, datamodule=run.datamodule)
 
 
 if __name__ == "__main__":

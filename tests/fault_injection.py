@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 
 import twotower.train
+import twotower.training
 from twotower.config import compose_config
 
 
@@ -66,6 +67,6 @@ if __name__ == "__main__":
     else:
         callbacks.append(KillAt(where, int(when)))
     cfg = compose_config(overrides, output_dir=run_dir)
-    real_train = twotower.train.train
-    twotower.train.train = lambda c: real_train(c, callbacks=callbacks)
+    real_train = twotower.training.train
+    twotower.training.train = lambda c: real_train(c, callbacks=callbacks)
     twotower.train.run_task(cfg)

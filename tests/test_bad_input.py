@@ -42,11 +42,12 @@ import torch
 
 import twotower
 from twotower.config import ConfigError, check_config, compose_config
-from twotower.data.schema import DataError
 from twotower.data.tabular import load_tables
-from twotower.export import CheckpointError, ExportError, export, export_main, load_run, retrieve
+from twotower.errors import CheckpointError, DataError
+from twotower.export import ExportError, export, export_main, retrieve
 from twotower.integrity import seal_checkpoint
-from twotower.train import train
+from twotower.restore import load_run
+from twotower.training import train
 from tiny_data import HOUR, T0, custom, tiny_interactions, write_csv
 
 TINY = ["debug=fast", "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
@@ -205,6 +206,7 @@ def test_test_split_without_a_positive_is_refused(tmp_path, tiny_overrides):
                            ["the test split has no positive interaction (4 test interactions", "no user can be evaluated"])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_users_without_training_data_are_cold_users(tmp_path, tiny_csv, tiny_overrides):
     """User 99 appears only in the last hours (test): evaluated, and counted apart as cold."""
     frame = tiny_interactions()
@@ -269,6 +271,7 @@ def test_missing_checkpoint_is_refused(tmp_path, capsys):
     assert not (tmp_path / "export").exists()
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused_from_the_command_line(trained, tmp_path):
     data = (trained / "checkpoints" / "best.ckpt").read_bytes()
     cut = tmp_path / "cut.ckpt"

@@ -7,7 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower.candidates import PositiveLookup, build_layout, distinct_ids, logit_bias, mask_value, score_candidates
+from twotower.data.batches import CandidateLayout, build_layout, distinct_ids
+from twotower.data.positives import PositiveLookup
+from twotower.losses import logit_bias, mask_value
+from twotower.models.scoring import score_candidates
 from twotower.samplers import Negatives
 
 # A 4-user batch over a 15-item catalogue.
@@ -95,8 +98,6 @@ def test_in_batch_masks_diagonal_and_accidental_hits(max_dense):
             [True, False, True, False],
         ]
     )
-    assert layout.in_batch
-    assert layout.extra_items is None
     assert torch.equal(layout.valid, expected)
     assert layout.neg_logq is None and layout.pos_logq is None
     assert not layout.valid.diagonal().any()
@@ -130,7 +131,6 @@ def test_shared_extra_negatives_follow_in_batch_columns():
     neg = Negatives(items=extra, in_batch=True, items_logq=extra_logq, positives_logq=pos_logq)
     layout = build_layout(USERS, POSITIVES, neg, lookup())
     assert layout.valid.shape == (4, 7) and layout.neg_logq.shape == (4, 7)
-    assert torch.equal(layout.extra_items, extra)
     # First B columns: in-batch (as in the in-batch test); then [3, 10, 12] for every row.
     # item 3: nobody's positive -> valid everywhere.
     # item 10: user 0 and user 2 (positive / train positive) -> masked; users 1, 3 -> valid.
@@ -171,7 +171,7 @@ def test_layout_names_each_users_own_column_and_its_bias():
 def test_shared_extra_without_in_batch_and_mixed_logq_zeros():
     extra = torch.tensor([3, 10])
     layout = build_layout(USERS, POSITIVES, Negatives(items=extra), lookup())
-    assert not layout.in_batch and layout.pos_logq is None and layout.neg_logq is None
+    assert layout.pos_logq is None and layout.neg_logq is None and layout.pos_column is None
     # item 3 valid for all; item 10 masked for users 0 and 2.
     assert torch.equal(layout.valid, torch.tensor([[True, False], [True, True], [True, False], [True, True]]))
     # In-batch with a logQ but extra negatives without one: the extra columns get 0 (no correction).
@@ -204,7 +204,7 @@ def test_per_example_extra_negatives():
 
 def test_no_negatives_layout():
     layout = build_layout(USERS, POSITIVES, Negatives(), lookup())
-    assert layout.valid is None and layout.extra_items is None and not layout.in_batch
+    assert layout == CandidateLayout()  # nothing to mask, correct or point at
 
 
 def _reference_scores(user_vecs, pos_vecs, extra_vecs, in_batch):
@@ -248,7 +248,7 @@ def test_scores_and_layout_columns_line_up():
     user_vecs = torch.randn(4, 6, generator=gen, dtype=torch.float64)
     extra = torch.tensor([[1, 2], [3, 4], [5, 10], [11, 7]])
     layout = build_layout(USERS, POSITIVES, Negatives(items=extra, in_batch=True), lookup())
-    pos, neg = score_candidates(user_vecs, item_table[POSITIVES], item_table[layout.extra_items], item_table[POSITIVES])
+    pos, neg = score_candidates(user_vecs, item_table[POSITIVES], item_table[extra], item_table[POSITIVES])
     columns = torch.cat([POSITIVES.expand(4, 4), extra], dim=1)  # the documented column order
     assert neg.shape == layout.valid.shape
     for b in range(4):
@@ -257,7 +257,7 @@ def test_scores_and_layout_columns_line_up():
 
 
 def test_keep_hardest_keeps_each_rows_top_k_valid_negatives():
-    from twotower.candidates import keep_hardest
+    from twotower.losses import keep_hardest
 
     scores = torch.tensor([[0.9, 0.1, 0.5, 0.7], [0.2, 0.8, 0.3, 0.1]])
     valid = torch.tensor([[False, True, True, True], [True, True, False, False]])
@@ -271,21 +271,18 @@ def test_keep_hardest_keeps_each_rows_top_k_valid_negatives():
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_online_hard_mining_reaches_the_loss(tmp_path):
     """With sampler.online_hardest=k each training row scores against at most k negatives."""
-    from twotower.config import build, compose_config
-    from twotower.module import RetrievalModule
-    from twotower.train import build_datamodule
+    from twotower.config import compose_config
+    from twotower.wiring import build_run
 
-    cfg = compose_config(["sampler.online_hardest=3", "data.batch_size=32"], output_dir=tmp_path)
-    dm = build_datamodule(cfg, "positives")
-    dm.setup()
+    run = build_run(compose_config(["sampler.online_hardest=3", "data.batch_size=32"], output_dir=tmp_path))
     seen = {}
 
     def capture(batch):
         seen["valid"] = batch.neg_valid
         return batch.pos.sum() * 0
 
-    module = RetrievalModule(build(cfg.model.net)(dm.data), capture, None, [10], dm.data.item_counts)
-    module.training_step(next(iter(dm.train_dataloader())), 0)
+    run.module.loss = capture
+    run.module.training_step(next(iter(run.datamodule.train_dataloader())), 0)
     per_row = seen["valid"].sum(1)
     assert per_row.max() == 3 and per_row.min() >= 1
 

@@ -113,7 +113,8 @@ def test_report_means_stds_sorting_and_failed_run(sweep_a, tmp_path):
         data = (out / name).read_bytes()
         assert data[:4] == b"\x89PNG"
         image = matplotlib.image.imread(out / name)
-        assert image.shape[0] > 0 and image.shape[1] > 0
+        assert image.shape[:2] == (450, 700)  # figsize 7 x 4.5 inches at 100 dpi
+        assert image[..., :3].std() > 0.05  # something is drawn on the white canvas
 
 
 def test_sort_and_metrics_options(sweep_a, tmp_path, capsys):

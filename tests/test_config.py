@@ -10,7 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from twotower.cli import SECRET_ENV, prepared_arguments
 from twotower.config import check_config, check_monitor_groups, check_training_step, compose_config
 from twotower.errors import ConfigError
-from twotower.loggers import resolve_wandb_mode
+from twotower.wandb_runs import resolve_wandb_mode
 from twotower.samplers import Negatives
 from twotower.step_memory import FLOAT_BYTES, GB, NEGATIVE_ID_BYTES, SCORE_BYTES, step_bytes
 
@@ -95,6 +95,7 @@ def test_a_secret_override_is_moved_into_the_environment():
     assert prepared_arguments(args, environ) == args  # already moved (a rank started again by DDP)
 
 
+@pytest.mark.slow
 def test_a_null_monitor_tests_the_last_epoch_and_needs_no_validation():
     check_config(compose_config(["eval.monitor=null", "data.split.val_ratio=0"]))  # accepted: nothing is selected
     with pytest.raises(ConfigError, match="scheduler=plateau watches eval.monitor, which is null"):

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from twotower.config import compose_config
-from twotower.distributed import configured_world_size, relaunches_command, split_evenly
-from twotower.train import train
+from twotower.launch import configured_world_size, relaunches_command, split_evenly
+from twotower.training import train
+from brute_force import assert_matches_brute_force
 
 SCRIPT = Path(__file__).with_name("ddp_equivalence.py")
 
@@ -41,6 +42,7 @@ def first_steps(tmp_path_factory) -> dict[str, tuple[dict, dict, dict]]:
     return {v: tuple(torch.load(out / str(n) / f"{name}.pt") for name in names) for n, v in enumerate(VARIANTS)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logq", ["counts", "streaming"])
 def test_two_ranks_equal_one_process_with_the_global_batch(first_steps, logq):
     single, rank0, rank1 = first_steps[logq]
@@ -52,6 +54,7 @@ def test_two_ranks_equal_one_process_with_the_global_batch(first_steps, logq):
         torch.testing.assert_close(rank1["grads"][name], rank0["grads"][name], rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_local_negatives_differ_from_the_global_batch(first_steps):
     """Without cross-device negatives each rank sees half the negatives: not the same training."""
     single, rank0, rank1 = first_steps["local"]
@@ -89,6 +92,7 @@ def test_which_strategies_rerun_the_command(monkeypatch):
     assert relaunches_command("auto")  # every rank started by torchrun runs the command
 
 
+@pytest.mark.slow
 def test_ddp_cpu_run_writes_one_result_and_keeps_the_estimator(tmp_path):
     """`twotower-train trainer=ddp_cpu` end to end (2 spawned processes, gloo), streaming
     logQ: one run directory, the test metrics come back to the main process, and the
@@ -101,7 +105,7 @@ def test_ddp_cpu_run_writes_one_result_and_keeps_the_estimator(tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (run_dir,) = tmp_path.glob("train/runs/*")
-    assert json.loads((run_dir / "results.json").read_text())["test/recall@10"] >= 0
+    assert_matches_brute_force(json.loads((run_dir / "results.json").read_text()), run_dir)
     # The test runs in the main process after the spawned fit; the CSV log keeps both.
     header, *rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     columns = header.split(",")
@@ -112,6 +116,7 @@ def test_ddp_cpu_run_writes_one_result_and_keeps_the_estimator(tmp_path):
     assert state["step"] == 3  # debug=fast: 3 training steps, each fed to the estimator once
 
 
+@pytest.mark.slow
 def test_plain_ddp_sweeps_are_refused(tmp_path):
     env = {**os.environ, "TWOTOWER_LOG_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "twotower.train", "-m", "trainer.strategy=ddp", "trainer.devices=2", "seed=1,2", "debug=fast"]

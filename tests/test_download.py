@@ -19,7 +19,7 @@ import pytest
 
 from twotower.data.download import COMPLETE_MARKER, fetch_archive, safe_extract
 from twotower.data.movielens import load_ml1m, load_ml20m
-from twotower.data.schema import DataError
+from twotower.errors import DataError
 
 ML1M_FILES = {
     "ml-1m/ratings.dat": (

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from twotower.config import compose_config
-from twotower.export import evaluate_main, export_main, load_run, load_user_tower, retrieve_main
+from twotower.evaluate import evaluate_main
+from twotower.export import export_main, load_user_tower, retrieve_main
 from twotower.index import ItemIndex
-from twotower.train import train
+from twotower.restore import load_run
+from twotower.training import train
 
 TINY = [
     "debug=fast",
@@ -34,6 +36,7 @@ def export_dir(run_dir):
     return run_dir / "export"
 
 
+@pytest.mark.slow
 def test_export_writes_every_file(export_dir):
     for name in ("item_vectors.npy", "item_ids.json", "item_titles.json", "user_tower.pt", "user_tower.json",
                  "user_features.pt", "user_ids.json", "features.json", "ann_quality.json", "index/manifest.json"):  # fmt: skip
@@ -50,7 +53,8 @@ def test_export_writes_every_file(export_dir):
 
 
 def test_exported_user_tower_matches_training_model(run_dir, export_dir):
-    _, _, dm, model, _ = load_run(run_dir)
+    _, run, _ = load_run(run_dir)
+    dm, model = run.datamodule, run.model
     tower = load_user_tower(export_dir)
     features = torch.load(export_dir / "user_features.pt", weights_only=True)
     rows = torch.arange(0, dm.data.num_users, 7)
@@ -109,6 +113,7 @@ def test_existing_export_is_not_replaced_without_overwrite(run_dir, export_dir, 
     assert "exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_early_fusion_export_is_refused(tmp_path, capsys):
     run = tmp_path / "ef"
     train(compose_config(TINY + ["model=early_fusion"], output_dir=run))

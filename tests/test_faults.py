@@ -18,8 +18,10 @@ import pytest
 import torch
 
 from twotower.callbacks import NonFiniteLossError
-from twotower.config import ConfigError, compose_config, resumed_config
-from twotower.train import run_task, train
+from twotower.config import ConfigError, compose_config
+from twotower.runs import resumed_config
+from twotower.train import run_task
+from twotower.training import train
 
 HERE = Path(__file__).parent
 # 3 epochs of 6 steps; dropout and the streaming frequency estimator make the resumed run
@@ -79,6 +81,7 @@ def uninterrupted(tmp_path_factory):
     "config,fault",
     [("streaming", "train_step:8"), ("streaming", "checkpoint:3"), ("hard", "validation:2")],
 )
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, config, fault):
     run_dir = tmp_path / "run"
     killed = run([str(HERE / "fault_injection.py"), str(run_dir), fault, *CONFIGS[config]])
@@ -122,6 +125,7 @@ class PoisonAt(L.Callback):
 
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     cfg = compose_config(RUN, output_dir=run_dir)
@@ -138,12 +142,14 @@ def test_a_too_low_temperature_is_caught_at_the_first_step(tmp_path, tiny_overri
         train(cfg)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path, tiny_overrides):
     first = train(compose_config(tiny_overrides + ["model.net.dropout=0.2"], output_dir=tmp_path / "a"))
     second = train(compose_config(tiny_overrides + ["model.net.dropout=0.2"], output_dir=tmp_path / "b"))
     assert first == second
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config_and_a_directory_that_is_not_a_run(tmp_path, tiny_overrides):
     run_dir = tmp_path / "run"
     with pytest.raises(ConfigError, match="no such directory"):

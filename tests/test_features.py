@@ -22,7 +22,7 @@ from twotower.data.features import (
     fit_feature,
     parse_feature_specs,
 )
-from twotower.data.schema import DataError
+from twotower.errors import DataError
 
 
 def spec(**kw) -> FeatureSpec:
@@ -141,6 +141,7 @@ def test_hashing_is_stable_and_within_range():
     assert a[4].item() != 0
 
 
+@pytest.mark.slow
 def test_hashing_is_the_same_in_another_process():
     s = spec(name="zip", kind="categorical", hash_buckets=1000)
     values = ["alpha", "beta", "gamma", "delta", "42"]
@@ -222,7 +223,7 @@ def test_history_feature_is_built_from_training_positives_and_hides_the_target()
     import torch
 
     from twotower.config import compose_config
-    from twotower.train import build_datamodule
+    from twotower.wiring import build_datamodule
 
     cfg = compose_config(["experiment=history", "seed=0"])
     dm = build_datamodule(cfg, "positives")
@@ -242,10 +243,10 @@ def test_history_feature_is_built_from_training_positives_and_hides_the_target()
     assert len(in_history) == min(50, len(items_of_u))
 
     batch = dm.train_batch(torch.arange(64), torch.Generator().manual_seed(0))
-    target_codes = dm.history_codes["history"][batch["pos"]["index"]]
-    assert not (batch["user"]["history"] == target_codes[:, None]).any()
+    target_codes = dm.history_codes["history"][batch.pos["index"]]
+    assert not (batch.user["history"] == target_codes[:, None]).any()
     # ...while the same users' stored histories do contain most of those targets.
-    stored = data.user_features["history"][batch["user"]["index"]]
+    stored = data.user_features["history"][batch.user["index"]]
     assert (stored == target_codes[:, None]).any(1).float().mean() > 0.3
 
 

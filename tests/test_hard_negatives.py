@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from twotower import train as train_module
-from twotower.candidates import PositiveLookup
+from twotower import wiring
 from twotower.config import compose_config
+from twotower.data.positives import PositiveLookup
 from twotower.hard_negatives import HardNegativeSampler, hard_sampler, mine_rank_window
 from twotower.samplers import TrainingStats
+from twotower.training import train
+from brute_force import assert_matches_brute_force
 
 
 def _random_case(num_users=7, num_items=60, dim=4, seed=0):
@@ -104,21 +106,22 @@ def test_mining_schedule():
     assert [e for e in range(8) if sampler.is_mining_due(e)] == [1, 3, 5, 7]
 
 
+@pytest.mark.slow
 def test_mining_refreshes_on_schedule_in_a_real_run(tmp_path, monkeypatch):
     built = {}
-    original = train_module.build_datamodule
+    original = wiring.build_datamodule
 
-    def spy(cfg, train_on):
-        built["dm"] = original(cfg, train_on)
+    def spy(cfg, train_on, source=None):
+        built["dm"] = original(cfg, train_on, source)
         return built["dm"]
 
-    monkeypatch.setattr(train_module, "build_datamodule", spy)
+    monkeypatch.setattr(wiring, "build_datamodule", spy)
     cfg = compose_config(
         ["sampler=hard", "debug=fast", "trainer.max_epochs=4", "logger.wandb.mode=disabled",
          "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "sampler.refresh_every=2"],
         output_dir=tmp_path,
     )  # fmt: skip
-    metrics = train_module.train(cfg)
+    metrics = train(cfg)
     sampler = built["dm"].sampler
     assert sampler.mined_at_epochs == [1, 3]
     assert sampler.mined is not None and sampler.mined.shape[1] == sampler.hi - sampler.lo + 1
@@ -126,4 +129,4 @@ def test_mining_refreshes_on_schedule_in_a_real_run(tmp_path, monkeypatch):
     mined_users = torch.nonzero(sampler.mined_rows).squeeze(1)
     assert len(mined_users) > 0
     assert not data.is_train_positive(mined_users, sampler.mined[mined_users]).any()
-    assert 0.0 <= metrics["test/recall@10"] <= 1.0
+    assert_matches_brute_force(metrics, tmp_path)

@@ -4,25 +4,21 @@ raw ids, atomic save / load, recall against exact search."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from twotower.index import (
     FILES,
     FORMAT_VERSION,
-    KINDS,
     ItemIndex,
     ann_quality,
     exact_topk,
     recall_against,
 )
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "index"
 # Small enough to build in well under a second each.
 SMALL = {"exact": {"kind": "exact"}, "hnsw": {"kind": "hnsw", "M": 16, "ef_construction": 64}, "ivfpq": {"kind": "ivfpq", "nlist": 8, "m": 4, "nbits": 6, "nprobe": 4}}
 
@@ -266,9 +262,3 @@ def test_bad_inputs_are_refused():
             index.search(items[:2], k)
     with pytest.raises(ValueError, match="cannot be set at search time"):
         index.set_search_params(nprobe=3)
-
-
-def test_config_files_match_defaults():
-    for kind, defaults in KINDS.items():
-        config = yaml.safe_load((CONF_DIR / f"{kind}.yaml").read_text())
-        assert config == {"kind": kind, **defaults}

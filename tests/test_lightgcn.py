@@ -15,7 +15,8 @@ from test_download import LocalServer
 from twotower.data.lightgcn import load_lightgcn, pairs_sha256, read_pairs
 from twotower.data.prepare import prepare
 from twotower.data.features import parse_feature_specs
-from twotower.data.schema import DataError, InteractionData
+from twotower.data.schema import InteractionData
+from twotower.errors import DataError
 from twotower.data.splits import split_interactions
 
 GOWALLA = {"pairs": {"train": 810128, "test": 217242},
@@ -142,7 +143,7 @@ def test_splits_by_time_need_timestamps():
 def test_a_lightgcn_run_on_all_training_pairs_tests_the_last_epoch(tmp_path):
     """The final protocol: no validation carve (val_ratio=0), eval.monitor=null, two epochs, then test."""
     from twotower.config import compose_config
-    from twotower.train import train
+    from twotower.training import train
 
     folder = tmp_path / "tiny"
     folder.mkdir()

@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-from twotower.candidates import mask_value
 from twotower.losses import (
     CosineContrastiveLoss,
     ListwiseLoss,
@@ -20,6 +19,7 @@ from twotower.losses import (
     ScoredBatch,
     corrected_logits,
     listwise_softmax_loss,
+    mask_value,
     pairwise_hinge_loss,
     pairwise_logistic_loss,
     pointwise_bce_loss,

@@ -10,7 +10,7 @@ from torch import nn
 from twotower.config import ConfigError, compose_config
 from twotower.models.tower import Tower
 from twotower.optim import Adam, lazy_adam_rows_
-from twotower.train import train
+from twotower.training import train
 
 
 def _embedding_and_linear(sparse: bool) -> tuple[nn.Embedding, nn.Linear]:
@@ -129,6 +129,7 @@ def test_sparse_embeddings_on_several_devices_are_refused_before_any_output(tmp_
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_run_with_sparse_embeddings_learns_and_checkpoints_its_lazy_state(tmp_path, tiny_overrides):
     overrides = tiny_overrides + ["model=two_tower_ids", "model.net.sparse_embeddings=true", "trainer.max_epochs=3",
                                   "trainer.limit_train_batches=30", "model.optimizer.lr=0.01", "seed=0"]  # fmt: skip

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "progress_bar_cost.py"
 
 
+@pytest.mark.slow
 def test_progress_bar_cost_prints_a_row_per_variant(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "model=matrix_completion", "data.batch_size=8192",
            "--refresh", "2", "--repeats", "1", "--epochs", "1"]  # fmt: skip
@@ -28,6 +31,7 @@ def test_progress_bar_cost_refuses_a_zero_refresh_rate():
     assert done.returncode == 2 and "every --refresh must be >= 1" in done.stderr
 
 
+@pytest.mark.slow
 def test_integrity_benchmark_prints_a_row_per_size():
     """scripts/bench_integrity.py: seal and verify timed against torch.save, one row per catalogue size."""
     script = SCRIPT.with_name("bench_integrity.py")

@@ -74,7 +74,7 @@ def test_popularity_distribution_matches_count_pow_alpha():
 
 def test_popularity_alpha_changes_probabilities_and_logq():
     counts = torch.tensor([1.0, 16.0, 0.0])
-    s = popularity_sampler(TrainingStats(counts), num_negatives=2, alpha=0.5, logq_correction=True, shared=True)
+    s = popularity_sampler(TrainingStats(counts), num_negatives=2, alpha=0.5, logq="counts", shared=True)
     # weights 1, 4, 0 -> probabilities 0.2, 0.8, 0
     torch.testing.assert_close(s.probs, torch.tensor([0.2, 0.8, 0.0]))
     neg = s.sample(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), gen(0))
@@ -102,7 +102,7 @@ def test_batch_probabilities_zero_total_raises():
 @pytest.mark.parametrize("make", [uniform_sampler, popularity_sampler])
 def test_shared_negatives_shape(make):
     counts = torch.tensor([2.0, 5.0, 1.0, 9.0, 3.0])
-    s = make(TrainingStats(counts), num_negatives=7, shared=True, logq_correction=True)
+    s = make(TrainingStats(counts), num_negatives=7, shared=True, logq="counts")
     neg = s.sample(torch.arange(16), torch.randint(5, (16,), generator=gen()), gen(1))
     assert neg.items.shape == (7,)
     assert neg.items_logq.shape == (7,)
@@ -110,7 +110,7 @@ def test_shared_negatives_shape(make):
 
 
 def test_uniform_logq_is_minus_log_catalogue_size():
-    s = uniform_sampler(TrainingStats(torch.tensor([0.0, 5.0, 1.0, 9.0])), num_negatives=3, logq_correction=True)
+    s = uniform_sampler(TrainingStats(torch.tensor([0.0, 5.0, 1.0, 9.0])), num_negatives=3, logq="counts")
     neg = s.sample(torch.arange(2), torch.tensor([1, 2]), gen())
     assert neg.items.shape == (2, 3)
     torch.testing.assert_close(neg.items_logq, torch.full((2, 3), -math.log(4)))
@@ -168,7 +168,7 @@ def test_mixed_sampler_corrects_each_source_by_its_expected_occurrences():
     assert neg.in_batch and neg.items.shape == (3,)
     assert torch.allclose(neg.positives_logq, torch.log(torch.tensor([2 * 3 / 8, 2 * 1 / 2])))
     assert torch.allclose(neg.items_logq, torch.full((3,), math.log(3 * 0.25)))
-    off = mixed_sampler(TrainingStats(counts), num_negatives=3, logq_correction=False).sample(
+    off = mixed_sampler(TrainingStats(counts), num_negatives=3, logq="none").sample(
         torch.tensor([0, 1]), torch.tensor([1, 3]), gen()
     )
     assert off.positives_logq is None and off.items_logq is None
@@ -193,3 +193,16 @@ def test_exposed_unclicked_needs_ratings():
     stats = TrainingStats(torch.ones(3), torch.tensor([0]), torch.tensor([1]), torch.tensor([float("nan")]), 1)
     with pytest.raises(ValueError, match="needs ratings"):
         exposed_unclicked_sampler(stats, num_negatives=2)
+
+
+def test_one_logq_switch_for_every_sampler():
+    """``sampler.logq``: counts | none everywhere, streaming for in-batch only, refused by name."""
+    stats = TrainingStats(torch.tensor([1.0, 3.0, 0.0, 4.0]))
+    assert in_batch_sampler(stats, logq="streaming").sample(torch.arange(2), torch.tensor([0, 1]), torch.Generator()).streaming_logq
+    for make in (uniform_sampler, popularity_sampler, mixed_sampler):
+        assert make(stats, num_negatives=2, logq="counts").logq_correction
+        assert not make(stats, num_negatives=2, logq="none").logq_correction
+        with pytest.raises(ValueError, match=r"sampler.logq='streaming': expected one of counts, none \(only sampler=in_batch"):
+            make(stats, num_negatives=2, logq="streaming")
+    with pytest.raises(ValueError, match="sampler.logq='yes': expected one of counts, streaming, none"):
+        in_batch_sampler(stats, logq="yes")

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 LISTEN_STATES = {"tcp": "0A", "tcp6": "0A", "udp": "07", "udp6": "07"}  # TCP LISTEN; UDP bound, unconnected
 
 
@@ -45,6 +47,7 @@ def socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
+@pytest.mark.slow
 def test_a_run_with_wandb_offline_listens_on_no_network_port(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TWOTOWER_LOG_DIR": str(tmp_path), "WANDB_DIR": str(tmp_path)}
     env.pop("WANDB_MODE", None)

@@ -3,20 +3,20 @@ guarantees of prepare(): vocabularies from the training split, seen items masked
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from twotower import CONFIG_DIR
 from twotower.data.features import parse_feature_specs
 from twotower.data.movielens import load_ml100k
 from twotower.data.prepare import prepare
-from twotower.data.schema import DataError
 from twotower.data.splits import leave_last_out_split, random_split, split_interactions, temporal_split
+from twotower.errors import DataError
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "ml100k.yaml"
+CONF = CONFIG_DIR / "data" / "ml100k.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower.data.schema import DataError
+from twotower.errors import DataError
 from twotower.data import tabular
 from twotower.data.tabular import MAX_ID_LENGTH, MAX_VALUE_LENGTH, load_tables
 

@@ -70,9 +70,10 @@ def test_faiss_groups_give_the_same_ranking_as_one_search():
         assert faiss_top_k(users, index, rows, cols, K, NUM_ITEMS, group_size=group_size).tolist() == expected
 
 
+@pytest.mark.slow
 def test_training_run_with_the_faiss_backend_matches_torch(tmp_path, tiny_overrides):
     from twotower.config import compose_config
-    from twotower.train import train
+    from twotower.training import train
 
     runs = {b: train(compose_config(tiny_overrides + [f"eval.backend={b}"], output_dir=tmp_path / b)) for b in ("torch", "faiss")}
     for name, value in runs["torch"].items():

@@ -26,10 +26,13 @@ import torch
 import yaml
 
 from tiny_data import custom, tiny_interactions, write_csv
-from twotower.artifacts import UnsafeArtifactError, check_artifact_config
-from twotower.config import compose_config, resumed_config
-from twotower.export import evaluate_main, export_main, retrieve_main
+from twotower.artifacts import check_artifact_config
+from twotower.config import compose_config
+from twotower.errors import UnsafeArtifactError
+from twotower.evaluate import evaluate_main
+from twotower.export import export_main, retrieve_main
 from twotower.integrity import folder_digests, seal_checkpoint
+from twotower.runs import resumed_config
 from twotower.train import run_task
 
 TINY = ["debug=fast", "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
@@ -195,7 +198,7 @@ def test_console_scripts_refuse_crafted_artifacts(trained, tmp_path):
     ckpt = crafted_checkpoint(trained, tmp_path, "loss", payload("torch.load", marker))
     assert_one_line_refusal(run_command(["twotower.export", str(ckpt), "--out", str(tmp_path / "x")], tmp_path),
                             "twotower-export", "loss._target_='torch.load'")  # fmt: skip
-    evaluate = [sys.executable, "-c", "import sys; from twotower.export import evaluate_main; sys.exit(evaluate_main())", str(ckpt)]
+    evaluate = [sys.executable, "-c", "import sys; from twotower.evaluate import evaluate_main; sys.exit(evaluate_main())", str(ckpt)]
     done = subprocess.run(evaluate, capture_output=True, text=True, timeout=180, env=ENV, cwd=tmp_path)
     assert_one_line_refusal(done, "twotower-evaluate", "loss._target_='torch.load'")
     run = crafted_run(trained, tmp_path, "model.optimizer", payload("subprocess.Popen", marker))
@@ -257,7 +260,8 @@ def test_a_corrupted_export_file_is_refused_naming_it(trained, tmp_path, capsys,
 
 
 def test_a_checkpoint_without_its_integrity_record_is_refused(trained, tmp_path):
-    from twotower.artifacts import CheckpointError, read_checkpoint
+    from twotower.artifacts import read_checkpoint
+    from twotower.errors import CheckpointError
 
     ckpt = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     del ckpt["twotower_integrity"]

@@ -4,5 +4,5 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# conf/ sits at the repository root, beside src/ (the package is installed in editable mode).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Hydra's config groups ship inside the package, so any install (editable, wheel) finds them.
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"

@@ -30,19 +30,12 @@ import yaml
 
 import twotower
 from twotower import CONFIG_DIR
+from twotower.errors import CheckpointError, UnsafeArtifactError
 from twotower.integrity import checkpoint_mismatch
 
 # The nodes of a run config that twotower builds with ``instantiate``; a ``_target_`` anywhere
 # else in an artifact's config is refused (no shipped config has one there).
 BUILT_NODES = ("data.source", "sampler", "loss", "model.net", "model.optimizer", "model.scheduler", "trainer")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what was expected."""
-
-
-class UnsafeArtifactError(ValueError):
-    """An artifact's config that asks for something other than values; the message names the key."""
 
 
 def first_line(err: BaseException) -> str:
@@ -185,14 +178,31 @@ def check_artifact_config(config: Any, source: str) -> None:
             )
         if key == "_target_":
             node = path[: -len("._target_")] if path.endswith("._target_") else ""
-            if node not in BUILT_NODES or not isinstance(value, str) or value not in allowed:
+            built = node in BUILT_NODES or (node.startswith("callbacks.") and node.count(".") == 1)
+            if not built or not isinstance(value, str) or value not in allowed:
                 raise UnsafeArtifactError(
                     f"{source}: {path}={value!r} is refused: a config read from a checkpoint or run folder may name "
                     f"only twotower's own builders (those in its conf/, or torch's optimizers and schedulers) on "
-                    f"{', '.join(BUILT_NODES)}"
+                    f"{', '.join(BUILT_NODES)}, callbacks.*"
                 )
         if key == "url" and path.startswith("data.source.") and value not in urls:
             raise UnsafeArtifactError(
                 f"{source}: {path}={value!r} is refused: a config read from a checkpoint or run folder may download "
                 "only from the URLs in twotower's conf/"
             )
+
+
+def load_weights(ckpt_path: Path, model: torch.nn.Module, state: dict, name: str, error: type = CheckpointError) -> None:
+    """``model.load_state_dict(state)``, refusing weights that do not fit with one line naming the keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}"
+             for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != tuple(expected[k].shape)]  # fmt: skip
+    problems = [f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''} ({len(keys)})"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]  # fmt: skip
+    if problems:
+        raise error(
+            f"{ckpt_path}: its weights do not fit {name}: {'; '.join(problems)}; expected the weights saved with it"
+        )
+    model.load_state_dict(state)

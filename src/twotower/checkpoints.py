@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from twotower.artifacts import CheckpointError, load_checkpoint_file, verify_integrity
+from twotower.artifacts import load_checkpoint_file, verify_integrity
+from twotower.errors import CheckpointError
 from twotower.fsutil import remove_stale_temporaries, write_bytes_atomic
 from twotower.integrity import seal_checkpoint
 

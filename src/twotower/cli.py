@@ -9,12 +9,11 @@ import os
 import re
 import signal
 import sys
+from typing import Any
 
 from omegaconf.errors import OmegaConfBaseException
 
-from twotower.artifacts import CheckpointError, UnsafeArtifactError
-from twotower.data.schema import DataError
-from twotower.errors import ConfigError
+from twotower.errors import CheckpointError, ConfigError, DataError, UnsafeArtifactError
 
 # Refusals of bad input: the message says what to fix, a traceback would only bury it.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, UnsafeArtifactError, OmegaConfBaseException)
@@ -25,6 +24,8 @@ EXIT_INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C
 
 # An override whose key names a secret: its value never reaches argv, a file or a folder name.
 SECRET_KEY = re.compile(r"(?:^|[._])(?:api_?key|key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
+SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)$", re.IGNORECASE)  # environment variables
+REDACTED = "<redacted>"
 SECRET_ENV = "TWOTOWER_ARG_{}_SECRET"  # ends in _SECRET, so redact_secrets replaces the value wherever it is written
 
 
@@ -90,6 +91,27 @@ def prepared_arguments(args: list[str], environ: dict | None = None) -> list[str
         else:
             prepared.append(arg)
     return prepared
+
+
+def redact_secrets(value: Any, environ: dict | None = None) -> Any:
+    """Replace every string that holds the value of a secret environment variable
+    (``*_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*PASSWORD``) by ``<redacted>``, recursively."""
+    environ = os.environ if environ is None else environ
+    secrets = [v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= 6]
+    if not secrets:
+        return value
+
+    def scrub(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(scrub(x) for x in v)
+        if isinstance(v, str):
+            for s in secrets:
+                v = v.replace(s, REDACTED)
+        return v
+
+    return scrub(value)
 
 
 def _escape_quoted(text: str) -> str:

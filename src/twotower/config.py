@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -94,7 +95,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={cfg.get('seed')}: expected an integer")
     wandb = cfg.get("logger", {}).get("wandb")
     if wandb is not None and wandb.get("enabled"):
-        from twotower.loggers import resolve_wandb_mode
+        from twotower.wandb_runs import resolve_wandb_mode
 
         try:  # also the WANDB_MODE of the environment, which `auto` follows
             resolve_wandb_mode(str(wandb.get("mode", "auto")))
@@ -242,8 +243,6 @@ def compose_config(overrides: list[str] | None = None, output_dir: str | os.Path
     is given here instead of read from ``${hydra:runtime.output_dir}``."""
     from hydra import compose, initialize_config_dir
 
-    from twotower.runs import register_resolvers
-
     register_resolvers()
     overrides = list(overrides or [])
     if output_dir is not None:
@@ -259,47 +258,36 @@ def compose_config(overrides: list[str] | None = None, output_dir: str | os.Path
             raise ConfigError(one_line(err)) from err
 
 
-# What may change when a run resumes: how it reports, not what it computes.
-REPORTING_KEYS = ("logger.", "trainer.enable_progress_bar", "progress_bar_refresh_steps")
-RESUME_OVERRIDABLE = (*REPORTING_KEYS, "resume=", "hydra.")
+# How prepared_arguments (twotower.cli) passes a secret typed on the command line.
+# (Hydra escapes the braces and the colon in a sweep job's overrides: $\{oc.env\:...\}.)
+_SECRET_REFERENCE = re.compile(r"\$\\?\{oc\.env\\?:TWOTOWER_ARG_\d+_SECRET\\?\}")
 
 
-def resumed_config(run_dir: str | os.PathLike, overrides: list[str]) -> DictConfig:
-    """The config a run was started with (its ``config.yaml``), to continue it in
-    ``run_dir``. Overrides other than logging ones are refused: a run resumes as it
-    was configured, or it would not reach the result of an uninterrupted run. The run
-    folder may come from someone else, so its config is read as data
-    (:func:`~twotower.artifacts.check_artifact_config`); a completed run is left as it is."""
-    from twotower.artifacts import check_artifact_config
-    from twotower.runs import read_status
+def new_run_id() -> str:
+    """Date, time to the microsecond and a random suffix: two jobs started in the
+    same second (or microsecond, on another machine) never share a directory.
+    ``TWOTOWER_RUN_ID``, when set, is used instead: every rank that torchrun starts
+    runs the command itself and must find the same run directory."""
+    given = os.environ.get("TWOTOWER_RUN_ID")
+    if given:
+        return safe_dirname(given)
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}_{secrets.token_hex(2)}"
 
-    run_dir = Path(run_dir).resolve()
-    expected = "expected the run directory of an earlier twotower-train run"
-    if not run_dir.is_dir():
-        raise ConfigError(f"resume={run_dir}: no such directory; {expected}")
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"resume={run_dir}: no config.yaml there; {expected}")
-    changed = [o for o in overrides if not o.lstrip("+~").startswith(RESUME_OVERRIDABLE)]
-    if changed:
-        raise ConfigError(
-            f"resume={run_dir}: a resumed run keeps its config; refusing the override(s) {changed} "
-            "(only logger.*, trainer.enable_progress_bar and progress_bar_refresh_steps may change; "
-            "start a new run to change the rest)"
-        )
-    if read_status(run_dir).get("status") == "completed":
-        raise ConfigError(f"resume={run_dir}: the run has completed (status.json); nothing to resume; start a new run to train again")
-    try:
-        cfg = OmegaConf.load(saved)
-    except Exception as err:  # noqa: BLE001 - YAML and OmegaConf raise several types for a broken file
-        raise ConfigError(f"resume={run_dir}: cannot read config.yaml ({str(err).strip().splitlines()[0]}); {expected}") from err
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"resume={run_dir}: config.yaml holds no mapping; {expected}")
-    check_artifact_config(OmegaConf.to_container(cfg, resolve=False), f"resume={run_dir}: config.yaml")
-    for override in overrides:
-        key, _, value = override.lstrip("+").partition("=")
-        if key.startswith(REPORTING_KEYS):
-            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=True)
-    cfg.resume = str(run_dir)
-    OmegaConf.update(cfg, "paths.output_dir", str(run_dir), force_add=True)
-    return cfg
+
+def safe_dirname(text: str, max_len: int = 180) -> str:
+    """A sweep subdirectory name from ``key=value,key=value``: secrets typed on the command
+    line shown as ``redacted``, path separators and odd characters replaced, long names cut
+    (readable, never nested)."""
+    name = re.sub(r"[^A-Za-z0-9._=,+\-]", "_", _SECRET_REFERENCE.sub("redacted", text)) or "default"
+    return name[:max_len]
+
+
+def register_resolvers() -> None:
+    """``${run_id:}``, ``${dirname:...}`` and ``${first_set:...}`` for ``conf/train.yaml``'s Hydra section."""
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", new_run_id, use_cache=True)
+    if not OmegaConf.has_resolver("dirname"):
+        OmegaConf.register_new_resolver("dirname", safe_dirname)
+    if not OmegaConf.has_resolver("first_set"):
+        # `${first_set:${resume},default}`: a resumed run writes into its own directory.
+        OmegaConf.register_new_resolver("first_set", lambda given, default: given if given else default)

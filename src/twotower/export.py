@@ -1,4 +1,4 @@
-"""Export a trained run for serving, retrieve from an export, re-evaluate a checkpoint.
+"""Export a trained run for serving, and retrieve from an export.
 
 Console scripts:
 
@@ -7,16 +7,10 @@ Console scripts:
   arguments), the encoded user features, and the index's quality against exact search.
 - ``twotower-retrieve EXPORT --user ID [--user ID ...] [-k 10]``: top-k items for
   known users, from the exported files only (no config, no checkpoint).
-- ``twotower-evaluate RUN [--ckpt best|last]``: the test metrics of a checkpoint,
-  compared with the run's ``results.json``.
 
-Checkpoints are read as data (:mod:`twotower.artifacts`): nothing is unpickled, and their
-config may only name the package's own builders. A checkpoint that is missing, unreadable
-(e.g. truncated), corrupted (its SHA-256 record), not twotower's, written by a newer
-twotower, or whose weights do not fit the model its config builds is refused with a
-:class:`CheckpointError`; an export folder with a missing, unreadable or corrupted file
-(``checksums.json`` holds every file's SHA-256) with an :class:`ExportError` (both
-``ValueError``); the commands print the message and exit with 2.
+A checkpoint that cannot be used is refused as :mod:`twotower.restore` says; an export
+folder with a missing, unreadable or corrupted file (``checksums.json`` holds every file's
+SHA-256) with an :class:`ExportError`; the commands print the message and exit with 2.
 """
 
 from __future__ import annotations
@@ -34,14 +28,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.artifacts import CheckpointError, check_plain_values, first_line, read_checkpoint
+from twotower.artifacts import check_plain_values, first_line, load_weights
 from twotower.cli import is_write_error, report
 from twotower.data.features import encode_feature
 from twotower.fsutil import swap_in
 from twotower.integrity import file_digest, folder_digests
 from twotower.index import FILES as INDEX_FILES
 from twotower.index import ItemIndex, ann_quality
-from twotower.loggers import quiet_lightning
 from twotower.models import Tower, TwoTowerModel, require_factorized
 from twotower.models.tower import select_features
 
@@ -55,72 +48,6 @@ ENCODE_CHUNK = 65536
 
 class ExportError(ValueError):
     """An export folder with a file that cannot be read; the message names the file."""
-
-
-def load_weights(ckpt_path: Path, model: torch.nn.Module, state: dict, name: str, error: type = CheckpointError) -> None:
-    """``model.load_state_dict(state)``, refusing weights that do not fit with one line naming the keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}"
-             for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != tuple(expected[k].shape)]  # fmt: skip
-    problems = [f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''} ({len(keys)})"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]  # fmt: skip
-    if problems:
-        raise error(
-            f"{ckpt_path}: its weights do not fit {name}: {'; '.join(problems)}; expected the weights saved with it"
-        )
-    model.load_state_dict(state)
-
-
-def checkpoint_path(path: str | os.PathLike, which: str = "best") -> Path:
-    """A run directory (``<run>/checkpoints/<which>.ckpt``) or a checkpoint file -> the file."""
-    path = Path(path)
-    ckpt = path / "checkpoints" / f"{which}.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt} (a model that is not trained, e.g. popularity, has none)")
-    return ckpt
-
-
-def run_dir_of(ckpt: Path) -> Path:
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
-def load_run(path: str | os.PathLike, which: str = "best"):
-    """Rebuild ``(ckpt_path, cfg, datamodule, model, checkpoint dict)`` from a checkpoint.
-
-    The data is prepared again from the saved config (deterministic for a config
-    and seed) and must fit the same features as the checkpoint's ``twotower_features``."""
-    ckpt_path = checkpoint_path(path, which)
-    ckpt = read_checkpoint(ckpt_path)  # refused before the heavy imports below
-
-    import lightning as L
-
-    from twotower.config import build, check_config
-    from twotower.data.schema import DataError
-    from twotower.train import build_datamodule
-
-    try:
-        cfg = OmegaConf.create(ckpt["twotower_config"])
-        check_config(cfg)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        trainable = cfg.model.optimizer is not None
-        dm = build_datamodule(cfg, train_on=build(cfg.loss).trains_on if trainable else "positives")
-        dm.setup("fit")
-        model = build(cfg.model.net)(dm.data)
-        name = f"the model its config builds ({cfg.model.get('name', type(model).__name__)})"
-    except DataError:
-        raise  # the data the config names is missing or broken: its message says which
-    except Exception as err:  # noqa: BLE001 - whatever the stored values break, it is the checkpoint's config
-        raise CheckpointError(
-            f"{ckpt_path}: its twotower_config cannot rebuild the run ({first_line(err)}); expected the config "
-            "saved by twotower-train"
-        ) from err
-    if json.loads(json.dumps(dm.data.fitted)) != json.loads(json.dumps(ckpt["twotower_features"])):
-        raise CheckpointError(f"{ckpt_path}: the data prepared from the saved config fits other features than the checkpoint's; has the data changed?")
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    load_weights(ckpt_path, model, state, name)
-    return ckpt_path, cfg, dm, model.eval(), ckpt
 
 
 @torch.no_grad()
@@ -144,7 +71,10 @@ def _write_json(path: Path, value) -> None:
 def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index: str = "exact",
            which: str = "best", index_params: dict | None = None, seed: int = 0, overwrite: bool = False) -> Path:  # fmt: skip
     """Write a run's serving files into ``out`` (default ``<run>/export``), atomically."""
-    ckpt_path, cfg, dm, model, ckpt = load_run(path, which)
+    from twotower.restore import load_run, run_dir_of  # Lightning and the data: not needed to retrieve
+
+    ckpt_path, run, ckpt = load_run(path, which)
+    cfg, model = run.cfg, run.model
     require_factorized(model, "export")
     if not isinstance(model, TwoTowerModel):
         raise ValueError(f"{type(model).__name__}: only a two-tower model has a user tower to export")
@@ -153,7 +83,7 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
             "a user vector blended with the history (model.net.history_weight) has no standalone user tower to "
             "export yet; expected a model without history_weight (its item vectors and metrics are evaluated as usual)"
         )
-    data = dm.data
+    data = run.data
     target = Path(out) if out is not None else run_dir_of(ckpt_path) / "export"
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
@@ -201,7 +131,7 @@ def check_export(export_dir: str | os.PathLike) -> Path:
     missing += [f"{INDEX_DIR}/"] if not (folder / INDEX_DIR).is_dir() else []
     if missing:
         raise FileNotFoundError(f"export {folder} is incomplete: missing {', '.join(missing)}")
-    recorded = _read_json(folder / CHECKSUMS)
+    recorded = read_json(folder / CHECKSUMS)
     if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
         raise ExportError(f"{folder / CHECKSUMS}: expected {{file: sha256}}, as twotower-export writes it (export again)")
     for name, digest in sorted(recorded.items()):
@@ -216,7 +146,7 @@ def check_export(export_dir: str | os.PathLike) -> Path:
     return folder
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     """A JSON file of an export; a file that is not valid JSON (e.g. cut short) raises ``ExportError``."""
     try:
         return json.loads(path.read_text())
@@ -240,7 +170,7 @@ def _read_tensors(path: Path) -> dict:
 def load_user_tower(export_dir: str | os.PathLike) -> Tower:
     """The exported user tower (eval mode), from ``user_tower.json`` and ``user_tower.pt`` only."""
     folder = Path(export_dir)
-    spec = _read_json(folder / "user_tower.json")
+    spec = read_json(folder / "user_tower.json")
     check_plain_values(spec, str(folder / "user_tower.json"))
     try:
         tower = Tower(spec["fitted"], **spec["args"])
@@ -254,7 +184,7 @@ def encode_new_users(export_dir: str | os.PathLike, raw_users: list[dict[str, st
     """Encode users unseen in training from their raw features, with the exported fitted
     transforms: ``[{"age": "25", "gender": "M", ...}]`` -> ``{name: [U, ...]}``. Their ID
     maps to the unknown row; a feature left out counts as missing (unknown row, or the mean)."""
-    spec = _read_json(Path(export_dir) / "user_tower.json")
+    spec = read_json(Path(export_dir) / "user_tower.json")
     names = [f["name"] for f in spec["fitted"] if f["kind"] != "id"]
     continuous = {f["name"] for f in spec["fitted"] if f["kind"] == "continuous"}
     for raw in raw_users:
@@ -280,14 +210,14 @@ def retrieve(
     """Top-``k`` items (``rank, id, title, score``) for each known raw user id (as a string),
     then for each new user given by raw features (see :func:`encode_new_users`)."""
     folder = check_export(export_dir)
-    user_ids = _read_json(folder / "user_ids.json")
+    user_ids = read_json(folder / "user_ids.json")
     position = {str(u): i for i, u in enumerate(user_ids)}
     unknown = [u for u in users if str(u) not in position]
     if unknown:
         raise KeyError(f"unknown user id(s) {unknown}; known ids include {[str(u) for u in user_ids[:5]]} ({len(user_ids)} users)")
     titles_file = folder / "item_titles.json"
-    ids = _read_json(folder / "item_ids.json")
-    titles = dict(zip(map(str, ids), _read_json(titles_file))) if titles_file.is_file() else {}
+    ids = read_json(folder / "item_ids.json")
+    titles = dict(zip(map(str, ids), read_json(titles_file))) if titles_file.is_file() else {}
     tower = load_user_tower(folder)
     vectors = []
     if users:
@@ -309,40 +239,11 @@ def retrieve(
     ]  # fmt: skip
 
 
-def evaluate(path: str | os.PathLike, which: str = "best") -> tuple[dict[str, float], dict[str, float]]:
-    """``(metrics, results.json)``: the checkpoint's test metrics, recomputed, and the run's saved ones."""
-    import lightning as L
-
-    from twotower.config import build
-    from twotower.module import RetrievalModule
-
-    ckpt_path, cfg, dm, model, ckpt = load_run(path, which)
-    trainable = cfg.model.optimizer is not None
-    module = RetrievalModule(
-        model=model,
-        loss=build(cfg.loss) if trainable else None,
-        optimizer=build(cfg.model.optimizer) if trainable else None,
-        ks=list(cfg.eval.ks),
-        item_counts=dm.data.item_counts,
-        config=ckpt["twotower_config"],
-        fitted_features=ckpt["twotower_features"],
-    )
-    # The run's own test-batch limit (e.g. debug=fast's), so the same users are evaluated.
-    limit = cfg.trainer.get("limit_test_batches", None)
-    quiet_lightning()
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
-                        enable_model_summary=False, **({"limit_test_batches": limit} if limit is not None else {}))  # fmt: skip
-    trainer.test(module, datamodule=dm, verbose=False)
-    results_file = run_dir_of(ckpt_path) / "results.json"
-    saved = _read_json(results_file) if results_file.is_file() else {}
-    return dict(module.test_metrics), {k: v for k, v in saved.items() if k.startswith("test/")}
-
-
 # ----------------------------------------------------------------------------- console scripts
 
 
 # Refusals the commands report in one line (exit 2): bad input, and a folder that cannot be written.
-def _refused(err: BaseException) -> bool:
+def refused(err: BaseException) -> bool:
     return isinstance(err, (ValueError, KeyError, FileNotFoundError, FileExistsError)) or is_write_error(err)
 
 
@@ -365,7 +266,7 @@ def export_main(argv: list[str] | None = None) -> int:
     try:
         out = export(args.run, args.out, args.index, args.ckpt, dict(args.param), overwrite=args.overwrite)
     except Exception as err:
-        if not _refused(err):
+        if not refused(err):
             raise
         return report(p.prog, err)
     quality = json.loads((out / "ann_quality.json").read_text())
@@ -389,7 +290,7 @@ def retrieve_main(argv: list[str] | None = None) -> int:
         new_users = [dict(pair.split("=", 1) for pair in spec.split(",") if pair) for spec in args.new_user]
         results = retrieve(args.export_dir, args.user, args.k, new_users)
     except Exception as err:
-        if not _refused(err):
+        if not refused(err):
             raise
         return report(p.prog, err)
     for user, rows in zip([*args.user, *(f"(new: {s})" for s in args.new_user)], results):
@@ -397,29 +298,6 @@ def retrieve_main(argv: list[str] | None = None) -> int:
         for row in rows:
             print(f"  {row['rank']:>3}  {row['id']!s:>8}  {row['score']:+.4f}  {row['title']}")
     return 0
-
-
-def evaluate_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="twotower-evaluate", description="Re-evaluate a checkpoint against results.json.")
-    p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--ckpt", default="best", choices=["best", "last"])
-    args = p.parse_args(argv)
-    from twotower.report import format_table
-
-    try:
-        metrics, saved = evaluate(args.run, args.ckpt)
-    except Exception as err:
-        if not _refused(err):
-            raise
-        return report(p.prog, err)
-    print(format_table(metrics, "test"))
-    if not saved:
-        print("no test metrics in results.json to compare with")
-        return 1
-    diffs = {k: abs(metrics[k] - v) if k in metrics else float("inf") for k, v in saved.items()}
-    worst = max(diffs, key=diffs.get)
-    print(f"largest absolute difference from results.json: {diffs[worst]:.3g} ({worst}; {len(diffs)} metrics)")
-    return 0 if diffs[worst] <= 1e-6 else 1
 
 
 if __name__ == "__main__":

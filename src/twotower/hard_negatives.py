@@ -21,7 +21,8 @@ import time
 import lightning as L
 import torch
 
-from twotower.candidates import PositiveLookup, dot_matrix
+from twotower.data.positives import PositiveLookup
+from twotower.models.scoring import dot_matrix
 from twotower.samplers import CorpusSampler, Negatives, TrainingStats, resample_collisions
 
 log = logging.getLogger("twotower")

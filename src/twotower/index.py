@@ -7,7 +7,7 @@ the user tower runs once and the index returns the top-K. Only a factorizing
 model may feed this index (``twotower.models.early_fusion.require_factorized``);
 this module itself knows nothing about models.
 
-Kinds (``config["kind"]``; parameters in ``conf/index/<kind>.yaml``):
+Kinds (``config["kind"]``; default parameters in :data:`KINDS`):
 
 - ``exact``: ``IndexFlatIP``, brute force; the reference every ANN kind is
   measured against (reference section 7).
@@ -55,7 +55,7 @@ FILES = (MANIFEST_FILE, INDEX_FILE, IDS_FILE)
 #: FAISS's minimum of training points per centroid (below it, it warns; below 1, it fails).
 MIN_POINTS_PER_CENTROID = 39
 
-#: Every kind, its default parameters (the same as ``conf/index/<kind>.yaml``).
+#: Every kind, its default parameters (``twotower-export --param KEY=VALUE`` overrides them).
 KINDS: dict[str, dict[str, int]] = {
     "exact": {},
     "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 128},

@@ -1,32 +1,20 @@
-"""Experiment loggers: CSV always; Weights & Biases through Lightning's logger.
-
-The W&B run is started here, before the Trainer is built, in a mode decided
-up front: Lightning's logger never falls back by itself, and an online
-``wandb.init`` with an unreachable server blocks for ``init_timeout`` seconds.
-So an online start that fails falls back to offline (with a warning) after a
-short timeout, and the run can be uploaded later with ``wandb sync``.
-"""
+"""Lightning's loggers for a run: the run's CSV always; Weights & Biases (the run started by
+:mod:`twotower.wandb_runs`) through Lightning's W&B logger; and Lightning's start-up noise
+filtered out."""
 
 from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
-import socket
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-log = logging.getLogger("twotower")
+from twotower.wandb_runs import start_wandb_run
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")
-SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)$", re.IGNORECASE)
-REDACTED = "<redacted>"
 
 
 class LightningNoise(logging.Filter):
@@ -47,95 +35,6 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, LightningNoise) for f in logger.filters):
             logger.addFilter(LightningNoise())
-
-
-# W&B's own environment switches, as W&B reads them (``dryrun`` is its old name for offline).
-WANDB_ENV_MODES = {"online": "online", "run": "online", "shared": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
-
-
-def resolve_wandb_mode(mode: str, environ: dict | None = None) -> str:
-    """``auto`` -> what the user already told W&B (``WANDB_DISABLED=true``, ``WANDB_MODE``),
-    else ``online`` when ``WANDB_API_KEY`` is set, else ``offline``. An explicit mode wins."""
-    environ = os.environ if environ is None else environ
-    if mode not in WANDB_MODES:
-        raise ValueError(f"logger.wandb.mode={mode!r}: expected one of {list(WANDB_MODES)}")
-    if mode != "auto":
-        return mode
-    if str(environ.get("WANDB_DISABLED", "")).strip().lower() in ("1", "true", "yes"):
-        return "disabled"
-    env_mode = str(environ.get("WANDB_MODE", "")).strip().lower()
-    if env_mode:
-        if env_mode not in WANDB_ENV_MODES:
-            raise ValueError(f"WANDB_MODE={env_mode!r} in the environment: expected one of {sorted(WANDB_ENV_MODES)}")
-        return WANDB_ENV_MODES[env_mode]
-    return "online" if environ.get("WANDB_API_KEY") else "offline"
-
-
-def redact_secrets(value: Any, environ: dict | None = None) -> Any:
-    """Replace every string that holds the value of a secret environment variable
-    (``*_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*PASSWORD``) by ``<redacted>``, recursively."""
-    environ = os.environ if environ is None else environ
-    secrets = [v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= 6]
-    if not secrets:
-        return value
-
-    def scrub(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: scrub(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return type(v)(scrub(x) for x in v)
-        if isinstance(v, str):
-            for s in secrets:
-                v = v.replace(s, REDACTED)
-        return v
-
-    return scrub(value)
-
-
-def server_reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def start_wandb_run(settings: dict, run_dir: Path, config: dict, group: str | None, tags: list[str]):
-    """``wandb.init`` in the resolved mode; an online start that fails within
-    ``init_timeout`` seconds falls back to offline. Returns the run or ``None``."""
-    mode = resolve_wandb_mode(settings.get("mode", "auto"))
-    if mode == "disabled":
-        return None
-    import wandb
-
-    kwargs = dict(
-        project=settings.get("project", "twotower"),
-        entity=settings.get("entity"),
-        group=group,
-        job_type=settings.get("job_type", "train"),
-        tags=tags,
-        config=config,
-        dir=str(run_dir),
-        reinit="finish_previous",
-    )
-    # quiet: W&B's start lines (where the run is, how to sync it) but not its history and
-    # summary block at the end, which repeats the run's own table.
-    quiet = bool(settings.get("quiet", True))
-    if mode == "online":
-        base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-        # wandb.init itself can take far longer than init_timeout to give up, so probe first.
-        if not server_reachable(base_url, timeout=min(3.0, settings.get("init_timeout", 15))):
-            log.warning("W&B server %s is unreachable; logging offline instead: upload later with `wandb sync`", base_url)
-            return wandb.init(mode="offline", settings=wandb.Settings(quiet=quiet), **kwargs)
-        try:
-            online = wandb.Settings(init_timeout=settings.get("init_timeout", 15), quiet=quiet)
-            return wandb.init(mode="online", settings=online, **kwargs)
-        except Exception as err:  # noqa: BLE001 - any failure to reach the server
-            log.warning("W&B online start failed (%s); logging offline instead: upload later with `wandb sync`", err)
-    return wandb.init(mode="offline", settings=wandb.Settings(quiet=quiet), **kwargs)
 
 
 def _read_metrics_csv(path: Path) -> tuple[list[str], list[dict]]:
@@ -204,38 +103,3 @@ def build_loggers(cfg: dict, run_dir: Path, config: dict, group: str | None = No
     return loggers
 
 
-def log_comparison_table(csv_path: Path, settings: dict, group: str) -> None:
-    """Log a sweep's comparison table as a W&B table, in a run of its own
-    (``job_type=sweep-summary``) in the sweep's group."""
-    import pandas as pd
-
-    table = pd.read_csv(csv_path)
-    run = start_wandb_run({**settings, "job_type": "sweep-summary"}, csv_path.parent, {}, group, ["sweep-summary"])
-    if run is None:
-        return
-    try:
-        import wandb
-
-        run.log({"comparison": wandb.Table(dataframe=table)})
-    finally:
-        run.finish()
-
-
-def log_summary(metrics: dict[str, float]) -> None:
-    """Put the final metrics in the W&B run's summary (shown in the runs table)."""
-    try:
-        import wandb
-    except ImportError:
-        return
-    if wandb.run is not None:
-        wandb.run.summary.update(metrics)
-
-
-def finish_wandb(exit_code: int = 0) -> None:
-    """Close the W&B run, if one is open, so the next job of a multirun starts its own."""
-    try:
-        import wandb
-    except ImportError:
-        return
-    if wandb.run is not None:
-        wandb.finish(exit_code=exit_code)

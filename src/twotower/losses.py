@@ -14,7 +14,49 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from twotower.candidates import logit_bias
+
+def mask_value(dtype: torch.dtype) -> float:
+    """A large finite negative for masked logits: ``-inf`` would make a row
+    whose every candidate is masked produce NaN in a softmax."""
+    return torch.finfo(dtype).min / 100
+
+
+def logit_bias(
+    valid: torch.Tensor | None, neg_logq: torch.Tensor | None, pos_column: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """What is added to each negative column's logit, ``[B, C]``: ``-log q`` (0 without a logQ
+    correction) where the column is a valid negative, :func:`mask_value` where it is not,
+    except each user's own positive's column ``pos_column`` ``[B]`` (in-batch), which keeps
+    its ``-log q`` so that a softmax can take it as the label. One pass over ``[B, C]``
+    where a subtraction and a masking pass, and their gradients, were.
+    ``None`` when there is neither a mask nor a correction."""
+    if valid is None and neg_logq is None:
+        return None
+    if neg_logq is None:
+        correction = 0.0
+    elif neg_logq.dim() == 2 and neg_logq.stride(0) == 0:
+        correction = -neg_logq[:1]  # one row expanded to all (in-batch): negate it once, broadcast
+    else:
+        correction = -neg_logq
+    if valid is None:
+        return correction.expand(neg_logq.shape).contiguous()
+    if pos_column is not None:
+        valid = valid.clone()
+        valid[torch.arange(len(valid), device=valid.device), pos_column] = True
+    return torch.where(valid, correction, mask_value(torch.float32))
+
+
+def keep_hardest(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Online hard-negative mining: of each row's valid negatives keep the ``k``
+    highest-scoring ones. ``scores``, ``valid``: ``[B, C]`` -> ``valid`` ``[B, C]``
+    with at most ``k`` True per row (fewer where a row has fewer valid ones)."""
+    if k >= scores.shape[1]:
+        return valid
+    ranked = scores.detach().masked_fill(~valid, float("-inf"))
+    top = ranked.topk(k, dim=1).indices
+    keep = torch.zeros_like(valid)
+    keep.scatter_(1, top, True)
+    return keep & valid
 
 
 @dataclass

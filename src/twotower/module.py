@@ -1,6 +1,6 @@
 """The LightningModule: holds both towers, scores a batch's candidates and calls
 the configured loss; ranks the whole catalogue for validation and test. The
-math lives in ``candidates``, ``losses`` and ``metrics``; this file wires it."""
+math lives in ``models.scoring``, ``losses`` and ``metrics``; this file wires it."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 import twotower
-from twotower.candidates import keep_hardest, score_candidates
 from twotower.checkpoints import rng_state, set_rng_state
+from twotower.data.batches import EvalBatch, TrainingBatch
 from twotower.distributed import gather_with_grad
 from twotower.frequency import StreamingFrequencyEstimator
-from twotower.losses import ScoredBatch
+from twotower.losses import ScoredBatch, keep_hardest
 from twotower.metrics import RankingAccumulator, rank_and_match
+from twotower.models.scoring import score_batch
 from twotower.topk import BACKENDS, build_faiss_index, faiss_top_k, match_targets
 
 
@@ -71,44 +72,34 @@ class RetrievalModule(L.LightningModule):
         self._fit_started: float | None = None
 
     # ---- training ------------------------------------------------------------
-    def batch_loss(self, batch: dict) -> torch.Tensor:
+    def batch_loss(self, batch: TrainingBatch) -> torch.Tensor:
         """The loss of one training batch (this rank's share of it under DDP)."""
-        users = self.model.encode_users(batch["user"])
-        positives = self.model.encode_items(batch["pos"])
-        extra = None
-        if "extra" in batch:
-            extra = self.model.encode_items(batch["extra"]).index_select(0, batch["extra_inverse"])
-            if batch["extra_per_example"]:
-                extra = extra.view(len(users), -1, extra.shape[-1])
-        in_batch = None
-        if batch["in_batch"]:
-            # Under DDP the in-batch columns are every rank's positives (gradients flow back).
-            in_batch = gather_with_grad(positives) if batch.get("cross_device") else positives
-        pos, neg = score_candidates(users, positives, extra, in_batch, self.model.score_pairs, self.model.score_matrix)
-        valid = batch.get("valid")
-        if "hardest" in batch and neg is not None:  # online hard-negative mining
-            valid = keep_hardest(neg, valid, batch["hardest"])
-        pos_logq, neg_logq = batch.get("pos_logq"), batch.get("neg_logq")
-        if "stream_items" in batch:
-            pos_logq, neg_logq = self._streaming_logq(batch, len(users))
+        # Under DDP the in-batch columns are every rank's positives (gradients flow back).
+        pos, neg = score_batch(self.model, batch, gather_with_grad)
+        valid = batch.valid
+        if batch.hardest is not None and neg is not None:  # online hard-negative mining
+            valid = keep_hardest(neg, valid, batch.hardest)
+        pos_logq, neg_logq = batch.pos_logq, batch.neg_logq
+        if batch.stream_items is not None:
+            pos_logq, neg_logq = self._streaming_logq(batch, len(pos))
         scored = ScoredBatch(pos=pos, neg=neg, neg_valid=valid, pos_logq=pos_logq, neg_logq=neg_logq,
-                             rating=batch["rating"], pos_column=batch.get("pos_column"))  # fmt: skip
+                             rating=batch.rating, pos_column=batch.pos_column)  # fmt: skip
         return self.loss(scored)
 
-    def _streaming_logq(self, batch: dict, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _streaming_logq(self, batch: TrainingBatch, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed the estimator this step's global batch, then ``log p`` of each user's
         positive ``[B]`` and of the in-batch columns ``[B, C]``."""
         estimator = self.frequency_estimator
-        estimator.update(batch["stream_items"].cpu())
-        pos_logq = estimator.log_probabilities(batch["pos"]["index"].cpu()).to(self.device)
-        columns = estimator.log_probabilities(batch["in_batch_items"].cpu()).to(self.device)
+        estimator.update(batch.stream_items.cpu())
+        pos_logq = estimator.log_probabilities(batch.pos["index"].cpu()).to(self.device)
+        columns = estimator.log_probabilities(batch.in_batch_items.cpu()).to(self.device)
         return pos_logq, columns.expand(num_users, -1)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: TrainingBatch, batch_idx: int) -> torch.Tensor:
         loss = self.batch_loss(batch)
         # Summed here and logged once per epoch: `self.log` on every step costs about a
         # millisecond of bookkeeping, a tenth of a whole step on ML-100K on a CPU.
-        size = len(batch["rating"])
+        size = len(batch)
         self._epoch_loss_sum += loss.detach() * size
         self._epoch_examples += size
         return loss
@@ -144,18 +135,18 @@ class RetrievalModule(L.LightningModule):
             self._faiss_index = build_faiss_index(self._item_vectors)
         self._accumulator = RankingAccumulator(self.ks, self.item_counts.cpu())
 
-    def _eval_step(self, batch: dict) -> None:
-        user_vecs = self.model.encode_users(batch["user"])
+    def _eval_step(self, batch: EvalBatch) -> None:
+        user_vecs = self.model.encode_users(batch.user)
         k, num_items = max(self.ks), len(self._item_vectors)
         if self._faiss_index is not None:
-            topk = faiss_top_k(user_vecs, self._faiss_index, batch["seen_rows"], batch["seen_items"], k, num_items)
-            hits, num_targets = match_targets(topk, batch["target_rows"].cpu(), batch["target_items"].cpu(), num_items)
+            topk = faiss_top_k(user_vecs, self._faiss_index, batch.seen_rows, batch.seen_items, k, num_items)
+            hits, num_targets = match_targets(topk, batch.target_rows.cpu(), batch.target_items.cpu(), num_items)
         else:
             scores = self.model.score_matrix(user_vecs, self._item_vectors)  # [U, N]
             topk, hits, num_targets = rank_and_match(
-                scores, batch["seen_rows"], batch["seen_items"], batch["target_rows"], batch["target_items"], k
+                scores, batch.seen_rows, batch.seen_items, batch.target_rows, batch.target_items, k
             )
-        self._accumulator.add(topk, hits, num_targets, batch["warm"])
+        self._accumulator.add(topk, hits, num_targets, batch.warm)
 
     def _end_eval(self, prefix: str) -> dict[str, float]:
         metrics = self._accumulator.compute(prefix)
@@ -173,7 +164,7 @@ class RetrievalModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -182,7 +173,7 @@ class RetrievalModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._start_eval()
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:

@@ -7,19 +7,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import secrets
 import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from twotower.cli import USER_ERRORS, fail, redact_secrets
+from twotower.config import build, check_config
+from twotower.errors import ConfigError
 from twotower.fsutil import write_json_atomic
-from twotower.loggers import log_comparison_table, redact_secrets, resolve_wandb_mode
+from twotower.launch import relaunches_command
+from twotower.wandb_runs import log_comparison_table, resolve_wandb_mode
 
 log = logging.getLogger("twotower")
 
@@ -28,41 +30,6 @@ LAST_SWEEP = {"jobs": 0, "failed": 0}
 # The multirun in progress: its folder, its config, whether this process created the folder.
 ACTIVE_SWEEP: dict[str, Any] = {}
 STATUSES = ("running", "completed", "failed", "interrupted")
-# How prepared_arguments (twotower.cli) passes a secret typed on the command line.
-# (Hydra escapes the braces and the colon in a sweep job's overrides: $\{oc.env\:...\}.)
-_SECRET_REFERENCE = re.compile(r"\$\\?\{oc\.env\\?:TWOTOWER_ARG_\d+_SECRET\\?\}")
-
-
-def new_run_id() -> str:
-    """Date, time to the microsecond and a random suffix: two jobs started in the
-    same second (or microsecond, on another machine) never share a directory.
-    ``TWOTOWER_RUN_ID``, when set, is used instead: every rank that torchrun starts
-    runs the command itself and must find the same run directory."""
-    given = os.environ.get("TWOTOWER_RUN_ID")
-    if given:
-        return safe_dirname(given)
-    return f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}_{secrets.token_hex(2)}"
-
-
-def safe_dirname(text: str, max_len: int = 180) -> str:
-    """A sweep subdirectory name from ``key=value,key=value``: secrets typed on the command
-    line shown as ``redacted``, path separators and odd characters replaced, long names cut
-    (readable, never nested)."""
-    name = re.sub(r"[^A-Za-z0-9._=,+\-]", "_", _SECRET_REFERENCE.sub("redacted", text)) or "default"
-    return name[:max_len]
-
-
-def register_resolvers() -> None:
-    """``${run_id:}``, ``${dirname:...}`` and ``${first_set:...}`` for ``conf/train.yaml``'s Hydra section."""
-    if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", new_run_id, use_cache=True)
-    if not OmegaConf.has_resolver("dirname"):
-        OmegaConf.register_new_resolver("dirname", safe_dirname)
-    if not OmegaConf.has_resolver("first_set"):
-        # `${first_set:${resume},default}`: a resumed run writes into its own directory.
-        OmegaConf.register_new_resolver("first_set", lambda given, default: given if given else default)
-
-
 def write_status(run_dir: Path, status: str, started: float, overrides: list[str], error: BaseException | None = None) -> None:
     """``status.json``: ``running`` | ``completed`` | ``failed`` | ``interrupted``, with the error if any."""
     assert status in STATUSES, status
@@ -105,9 +72,7 @@ class RunHooks(Callback):
     ``sweep_summary.json`` in the sweep directory, remember the count."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from twotower.checkpoints import resume_checkpoint
-        from twotower.cli import USER_ERRORS, fail
-        from twotower.config import build, check_config, resumed_config
+        from twotower.checkpoints import resume_checkpoint  # torch: only when a run resumes
 
         try:
             if config.get("resume"):
@@ -120,11 +85,6 @@ class RunHooks(Callback):
             fail("twotower-train", err)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from twotower.cli import USER_ERRORS, fail
-        from twotower.config import check_config
-        from twotower.distributed import relaunches_command
-        from twotower.errors import ConfigError
-
         try:
             if config.get("resume"):
                 raise ConfigError("resume= continues one run; it cannot be part of a sweep (-m)")
@@ -234,3 +194,48 @@ def sweep_name() -> str | None:
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return Path(HydraConfig.get().sweep.dir).name
     return None
+
+
+# What may change when a run resumes: how it reports, not what it computes.
+REPORTING_KEYS = ("logger.", "trainer.enable_progress_bar", "progress_bar_refresh_steps")
+RESUME_OVERRIDABLE = (*REPORTING_KEYS, "resume=", "hydra.")
+
+
+def resumed_config(run_dir: str | os.PathLike, overrides: list[str]) -> DictConfig:
+    """The config a run was started with (its ``config.yaml``), to continue it in
+    ``run_dir``. Overrides other than logging ones are refused: a run resumes as it
+    was configured, or it would not reach the result of an uninterrupted run. The run
+    folder may come from someone else, so its config is read as data
+    (:func:`~twotower.artifacts.check_artifact_config`); a completed run is left as it is."""
+    from twotower.artifacts import check_artifact_config  # torch: only when a run resumes
+
+    run_dir = Path(run_dir).resolve()
+    expected = "expected the run directory of an earlier twotower-train run"
+    if not run_dir.is_dir():
+        raise ConfigError(f"resume={run_dir}: no such directory; {expected}")
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={run_dir}: no config.yaml there; {expected}")
+    changed = [o for o in overrides if not o.lstrip("+~").startswith(RESUME_OVERRIDABLE)]
+    if changed:
+        raise ConfigError(
+            f"resume={run_dir}: a resumed run keeps its config; refusing the override(s) {changed} "
+            "(only logger.*, trainer.enable_progress_bar and progress_bar_refresh_steps may change; "
+            "start a new run to change the rest)"
+        )
+    if read_status(run_dir).get("status") == "completed":
+        raise ConfigError(f"resume={run_dir}: the run has completed (status.json); nothing to resume; start a new run to train again")
+    try:
+        cfg = OmegaConf.load(saved)
+    except Exception as err:  # noqa: BLE001 - YAML and OmegaConf raise several types for a broken file
+        raise ConfigError(f"resume={run_dir}: cannot read config.yaml ({str(err).strip().splitlines()[0]}); {expected}") from err
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"resume={run_dir}: config.yaml holds no mapping; {expected}")
+    check_artifact_config(OmegaConf.to_container(cfg, resolve=False), f"resume={run_dir}: config.yaml")
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key.startswith(REPORTING_KEYS):
+            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=True)
+    cfg.resume = str(run_dir)
+    OmegaConf.update(cfg, "paths.output_dir", str(run_dir), force_add=True)
+    return cfg

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from twotower.frequency import StreamingFrequencyEstimator
 
 
 @dataclass
@@ -90,7 +89,19 @@ class NoNegatives:
         return Negatives()
 
 
+# Where the ``p`` of the logQ correction ``s - log p`` comes from, one switch for every sampler:
+# ``counts`` (training counts: the in-batch positives' frequencies, or a corpus sampler's own
+# distribution, count ** alpha), ``streaming`` (in-batch only: estimated while training), ``none``.
 LOGQ_SOURCES = ("counts", "streaming", "none")
+
+
+def check_logq(logq: str, streaming_allowed: bool = False) -> bool:
+    """Whether ``logq`` asks for a correction; refuses a value the sampler does not support."""
+    allowed = LOGQ_SOURCES if streaming_allowed else ("counts", "none")
+    if logq not in allowed:
+        only = "" if streaming_allowed or logq != "streaming" else " (only sampler=in_batch estimates frequencies while training)"
+        raise ValueError(f"sampler.logq={logq!r}: expected one of {', '.join(allowed)}{only}")
+    return logq != "none"
 
 
 class InBatchSampler:
@@ -98,7 +109,8 @@ class InBatchSampler:
     ``p`` of the correction ``s - log p`` comes from: ``counts`` (training
     counts, fixed), ``streaming`` (estimated while training by
     :class:`~twotower.frequency.StreamingFrequencyEstimator`, which the
-    LightningModule holds and feeds the global batch) or ``none`` (no correction)."""
+    LightningModule owns (``frequency_estimator`` in the config) and feeds the global batch)
+    or ``none`` (no correction)."""
 
     provides_negatives = True
 
@@ -107,17 +119,14 @@ class InBatchSampler:
         item_counts: torch.Tensor,
         logq: str = "counts",
         online_hardest: int | None = None,
-        streaming: dict | None = None,
     ):
-        if logq not in LOGQ_SOURCES:
-            raise ValueError(f"sampler.logq={logq!r}: expected one of {', '.join(LOGQ_SOURCES)}")
+        check_logq(logq, streaming_allowed=True)
         if online_hardest is not None and online_hardest < 1:
             raise ValueError(f"sampler.online_hardest={online_hardest}: expected null or >= 1")
         self.logq = logq
         self.logq_correction = logq != "none"
         self.online_hardest = online_hardest
         self.log_p = torch.log(batch_probabilities(item_counts).clamp_min(1e-12))
-        self.frequency_estimator = StreamingFrequencyEstimator(**(streaming or {})) if logq == "streaming" else None
 
     def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
         logq = self.log_p[positives] if self.logq == "counts" else None
@@ -134,7 +143,7 @@ class CorpusSampler:
 
     provides_negatives = True
 
-    def __init__(self, weights: torch.Tensor, num_negatives: int, shared: bool = False, logq_correction: bool = False):
+    def __init__(self, weights: torch.Tensor, num_negatives: int, shared: bool = False, logq: str = "none"):
         if num_negatives < 1:
             raise ValueError(f"num_negatives={num_negatives}: expected >= 1")
         if (weights < 0).any() or weights.sum() <= 0:
@@ -143,7 +152,7 @@ class CorpusSampler:
         self.log_q = torch.log(self.probs.clamp_min(1e-12))
         self.num_negatives = num_negatives
         self.shared = shared
-        self.logq_correction = logq_correction
+        self.logq_correction = check_logq(logq)
         self._uniform = bool((weights == weights[0]).all())
 
     def draw(self, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -174,10 +183,10 @@ class MixedSampler:
 
     provides_negatives = True
 
-    def __init__(self, item_counts: torch.Tensor, num_negatives: int, alpha: float = 0.0, logq_correction: bool = True):
-        self.in_batch = InBatchSampler(item_counts, "counts" if logq_correction else "none")
+    def __init__(self, item_counts: torch.Tensor, num_negatives: int, alpha: float = 0.0, logq: str = "counts"):
+        self.logq_correction = check_logq(logq)
+        self.in_batch = InBatchSampler(item_counts, logq)
         self.corpus = CorpusSampler(item_counts.float() ** alpha if alpha else torch.ones_like(item_counts, dtype=torch.float), num_negatives, shared=True)
-        self.logq_correction = logq_correction
 
     def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
         items = self.corpus.draw(self.corpus.num_negatives, generator)
@@ -225,29 +234,28 @@ class ExposedUnclickedSampler:
         return Negatives(items=items, items_valid=has_any.clone())
 
 
-def uniform_sampler(stats: TrainingStats, num_negatives: int, shared: bool = False, logq_correction: bool = False) -> CorpusSampler:
+def uniform_sampler(stats: TrainingStats, num_negatives: int, shared: bool = False, logq: str = "none") -> CorpusSampler:
     """Every catalogue item equally likely."""
-    return CorpusSampler(torch.ones_like(stats.item_counts, dtype=torch.float), num_negatives, shared, logq_correction)
+    return CorpusSampler(torch.ones_like(stats.item_counts, dtype=torch.float), num_negatives, shared, logq)
 
 
 def popularity_sampler(
-    stats: TrainingStats, num_negatives: int, alpha: float = 0.75, shared: bool = False, logq_correction: bool = False
+    stats: TrainingStats, num_negatives: int, alpha: float = 0.75, shared: bool = False, logq: str = "none"
 ) -> CorpusSampler:
     """Item ``i`` with probability proportional to ``count_i ** alpha``."""
-    return CorpusSampler(stats.item_counts.float() ** alpha, num_negatives, shared, logq_correction)
+    return CorpusSampler(stats.item_counts.float() ** alpha, num_negatives, shared, logq)
 
 
 def in_batch_sampler(
-    stats: TrainingStats, logq: str = "counts", online_hardest: int | None = None, streaming: dict | None = None
+    stats: TrainingStats, logq: str = "counts", online_hardest: int | None = None
 ) -> InBatchSampler:
     """In-batch negatives; ``online_hardest=k`` keeps only each user's ``k``
-    highest-scoring in-batch negatives (online hard-negative mining); ``streaming``:
-    the estimator's settings (``num_buckets``, ``num_hashes``, ``alpha``) for ``logq=streaming``."""
-    return InBatchSampler(stats.item_counts, logq, online_hardest, streaming)
+    highest-scoring in-batch negatives (online hard-negative mining)."""
+    return InBatchSampler(stats.item_counts, logq, online_hardest)
 
 
-def mixed_sampler(stats: TrainingStats, num_negatives: int, alpha: float = 0.0, logq_correction: bool = True) -> MixedSampler:
-    return MixedSampler(stats.item_counts, num_negatives, alpha, logq_correction)
+def mixed_sampler(stats: TrainingStats, num_negatives: int, alpha: float = 0.0, logq: str = "counts") -> MixedSampler:
+    return MixedSampler(stats.item_counts, num_negatives, alpha, logq)
 
 
 def exposed_unclicked_sampler(stats: TrainingStats, num_negatives: int, max_rating: float = 2.0) -> ExposedUnclickedSampler:

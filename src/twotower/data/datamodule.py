@@ -13,12 +13,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from twotower.candidates import build_layout, distinct_ids
+from twotower.data.batches import EvalBatch, TrainingBatch, build_layout, distinct_ids
 from twotower.data.features import parse_feature_specs
 from twotower.data.prepare import EvalSet, PreparedData, SplitArrays, prepare
-from twotower.data.schema import DataError, InteractionData
-from twotower.distributed import split_evenly
-from twotower.errors import ConfigError
+from twotower.data.schema import InteractionData
+from twotower.errors import ConfigError, DataError
+from twotower.launch import split_evenly
 from twotower.samplers import TrainingStats
 
 
@@ -75,7 +75,7 @@ class TrainBatches(IterableDataset):
             return n // self.dm.batch_size
         return (n + self.dm.batch_size - 1) // self.dm.batch_size
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[TrainingBatch]:
         dm = self.dm
         epoch = dm.trainer.current_epoch if dm.trainer is not None else dm.epoch
         generator = torch.Generator().manual_seed(dm.seed * 1_000_003 + epoch)
@@ -103,20 +103,16 @@ class EvalBatches(IterableDataset):
         n = len(self.dm.data.eval_sets[self.split].users)
         return (n + self.chunk - 1) // self.chunk
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[EvalBatch]:
         es: EvalSet = self.dm.data.eval_sets[self.split]
         for start in range(0, len(es.users), self.chunk):
             stop = min(start + self.chunk, len(es.users))
             seen_rows, seen_items = _csr_slice(es.seen_ptr, es.seen_items, start, stop)
             target_rows, target_items = _csr_slice(es.target_ptr, es.target_items, start, stop)
-            yield {
-                "user": self.dm.packed("user").gather(es.users[start:stop]),
-                "seen_rows": seen_rows,
-                "seen_items": seen_items,
-                "target_rows": target_rows,
-                "target_items": target_items,
-                "warm": es.warm[start:stop],
-            }
+            yield EvalBatch(
+                self.dm.packed("user").gather(es.users[start:stop]), seen_rows, seen_items, target_rows, target_items,
+                es.warm[start:stop],
+            )  # fmt: skip
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -226,7 +222,7 @@ class RetrievalDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def train_batch(self, rows: torch.Tensor, generator: torch.Generator) -> dict:
+    def train_batch(self, rows: torch.Tensor, generator: torch.Generator) -> TrainingBatch:
         """The batch of training examples ``rows`` (the global batch), as this rank sees it.
 
         With cross-device negatives the negatives and their mask are laid out for the
@@ -255,36 +251,30 @@ class RetrievalDataModule(L.LightningDataModule):
             if name in user:
                 # The positive is in its user's training history: hide it, or the tower learns a lookup.
                 user[name] = user[name].masked_fill(user[name] == codes[items][:, None], 0)
-        batch = {
-            "user": user,
-            "pos": item_features.gather(items),
-            "rating": ex.rating.index_select(0, rows),
-            "in_batch": layout.in_batch,
+        batch = TrainingBatch(
+            user=user,
+            pos=item_features.gather(items),
+            rating=ex.rating.index_select(0, rows),
+            in_batch=negatives.in_batch,
             # The module gathers the other ranks' positives when the columns span the global batch.
-            "cross_device": world > 1 and self.cross_device_negatives,
-        }
-        extra = layout.extra_items
+            cross_device=world > 1 and self.cross_device_negatives,
+            hardest=negatives.hardest,
+            **{key: None if value is None else value[mine] for key, value in vars(layout).items()},
+        )
+        extra = negatives.items
         if extra is not None:
             if extra.dim() == 2:
                 extra = extra[mine]
             # Each distinct negative goes through the item tower once (B x n draws from a small
             # catalogue repeat a lot); the model maps the vectors back with extra_inverse.
-            unique, inverse = distinct_ids(extra.reshape(-1), data.num_items)
-            batch["extra"] = item_features.gather(unique)
-            batch["extra_inverse"] = inverse
-            batch["extra_per_example"] = extra.dim() == 2
-        if negatives.hardest is not None:
-            batch["hardest"] = negatives.hardest
+            unique, batch.extra_inverse = distinct_ids(extra.reshape(-1), data.num_items)
+            batch.extra = item_features.gather(unique)
+            batch.extra_per_example = extra.dim() == 2
         if negatives.streaming_logq:
-            batch["stream_items"] = stream_items
-            batch["in_batch_items"] = in_batch_items
-        for key in ("valid", "neg_logq", "pos_logq", "pos_column"):
-            value = getattr(layout, key)
-            if value is not None:
-                batch[key] = value[mine]
+            batch.stream_items, batch.in_batch_items = stream_items, in_batch_items
         return batch
 
-    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # Batches are built on the CPU: on a CPU run there is nothing to move, and walking
         # the nested batch to find that out costs about half a millisecond a step.
         if device.type == "cpu":

@@ -25,7 +25,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from twotower.data.schema import DataError
+from twotower.errors import DataError
 
 COMPLETE_MARKER = ".complete"
 _CHUNK = 1 << 20

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower.data.schema import MULTI_VALUE_SEPARATOR, DataError
+from twotower.data.schema import MULTI_VALUE_SEPARATOR
+from twotower.errors import DataError
 
 FEATURE_KINDS = ("id", "categorical", "multi_categorical", "history", "continuous")
 POOLED_KINDS = ("multi_categorical", "history")

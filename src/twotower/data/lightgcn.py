@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from twotower.data.download import download_file
-from twotower.data.schema import DataError, InteractionData
+from twotower.data.schema import InteractionData
+from twotower.errors import DataError
 
 log = logging.getLogger("twotower")
 

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from twotower.data.download import fetch_archive, safe_extract
-from twotower.data.schema import MULTI_VALUE_SEPARATOR, DataError, InteractionData
+from twotower.data.schema import MULTI_VALUE_SEPARATOR, InteractionData
+from twotower.errors import DataError
 
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_SHA256 = "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"

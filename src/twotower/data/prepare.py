@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower.candidates import PositiveLookup
 from twotower.data.features import FeatureSpec, feature_columns, fit_and_encode
-from twotower.data.schema import MULTI_VALUE_SEPARATOR, SPLIT_NAMES, DataError, InteractionData
+from twotower.data.positives import PositiveLookup
+from twotower.data.schema import MULTI_VALUE_SEPARATOR, SPLIT_NAMES, InteractionData
 from twotower.data.splits import random_split, split_interactions
+from twotower.errors import DataError
 
 
 @dataclass

@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from twotower.errors import DataError
+
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating")
 MULTI_VALUE_SEPARATOR = "|"
 SPLIT_NAMES = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file, the place and what was expected."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from twotower.data.schema import DataError
+from twotower.errors import DataError
 
 
 def _check_ratios(val_ratio: float, test_ratio: float) -> None:

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower.data.schema import DataError, InteractionData
+from twotower.data.schema import InteractionData
+from twotower.errors import DataError
 
 _KEYS = ("user_id", "item_id", "timestamp", "rating", "label")
 _REQUIRED = ("user_id", "item_id")

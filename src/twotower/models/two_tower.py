@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from twotower.candidates import dot_matrix, dot_pairs
 from twotower.models.history import HistoryPool
+from twotower.models.scoring import dot_matrix, dot_pairs
 from twotower.models.tower import Tower, select_features
 
 

@@ -1,0 +1,152 @@
+"""``train(cfg)``: the recipe of one run. Build it (:func:`twotower.wiring.build_run`), write
+its config and fitted features, fit, test the best checkpoint (the last epoch when nothing
+is validated), write ``results.json`` and return the metrics. The ``twotower-train``
+command around it is :mod:`twotower.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from twotower.checkpoints import AtomicCheckpointIO, checkpoint_step, resume_checkpoint
+from twotower.cli import redact_secrets
+from twotower.config import build, resolved_config
+from twotower.errors import ConfigError
+from twotower.launch import is_main_process
+from twotower.loggers import build_loggers, drop_metrics_after, quiet_lightning
+from twotower.report import format_table, write_results
+from twotower.runs import run_labels, sweep_name
+from twotower.wandb_runs import finish_wandb, log_summary
+from twotower.wiring import Run, build_run
+
+log = logging.getLogger("twotower")
+
+# Two warnings Lightning raises on every run that say nothing about the user's run: a torch 2.13
+# deprecation inside Lightning, and a note about worker processes (batches are built in-process).
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+
+
+def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, float]:
+    """Train and test one configuration; returns the test (and last validation) metrics.
+
+    Everything the run writes goes under ``cfg.paths.output_dir``: the resolved
+    config, ``features.json``, checkpoints, CSV/W&B logs and ``results.json``.
+    With ``cfg.resume`` set, training continues from that directory's last complete
+    checkpoint (or from the start when it has none). ``callbacks``: extra Lightning
+    callbacks (tests inject faults with them).
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = redact_secrets(resolved_config(cfg))
+    writes_files = is_main_process()  # under DDP, rank 0 alone writes the run's files
+    run = build_run(cfg, config=config)  # everything that can be refused is checked before any file is written
+    resume_from = resume_checkpoint(run_dir) if cfg.get("resume") else None
+    if writes_files:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        run.datamodule.save_artifacts(run_dir)
+        if resume_from is not None:
+            drop_metrics_after(run_dir, checkpoint_step(resume_from))  # the resumed run logs those again
+    data = run.data
+    log.info(
+        "data %s: %d users, %d items, %d training examples; val %d users, test %d users",
+        data.name, data.num_users, data.num_items, len(run.datamodule.train_examples.user),
+        len(data.eval_sets["val"].users), len(data.eval_sets["test"].users),
+    )  # fmt: skip
+    exit_code = 1
+    try:
+        loggers = run_loggers(cfg, run_dir, config)
+        trainer = build(
+            cfg.trainer,
+            logger=loggers,
+            callbacks=list(callbacks or []) + run_callbacks(cfg, run, run_dir, logging=bool(loggers)),
+            default_root_dir=str(run_dir),
+            plugins=[AtomicCheckpointIO()],
+            # No validation users (all training pairs trained on, eval.monitor=null): no validation loop.
+            **({"limit_val_batches": 0} if len(data.eval_sets["val"].users) == 0 else {}),
+        )
+        metrics = fit_and_test(trainer, run, resume_from)
+        if writes_files:
+            write_results(metrics, run_dir)
+            log_summary(metrics)
+            print(f"\nTest metrics ({data.name}, {cfg.model.name}):\n{format_table(metrics, 'test')}\nrun directory: {run_dir}")
+        exit_code = 0
+        return metrics
+    finally:
+        finish_wandb(exit_code)
+
+
+def run_loggers(cfg: DictConfig, run_dir: Path, config: dict) -> list:
+    """The CSV and W&B loggers, tagged with what the run is; a sweep's runs share a W&B
+    group (the sweep), so the dashboard compares them side by side."""
+    labels = run_labels(cfg)
+    tags = redact_secrets([f"{k}:{v}" for k, v in labels.items()] + list(cfg.tags))
+    group = cfg.logger.wandb.group or sweep_name() or labels.get("experiment")
+    quiet_lightning()
+    return build_loggers(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, config, group, tags)
+
+
+def run_callbacks(cfg: DictConfig, run: Run, run_dir: Path, logging: bool) -> list[L.Callback]:
+    """The callbacks of ``cfg.callbacks`` that apply to this run (``conf/callbacks``), built
+    with the run's own values, then the sampler's own (the miner of ``sampler=hard``)."""
+    if "callbacks" not in cfg:
+        raise ConfigError("the config has no callbacks group (a run folder written by an older twotower?); expected callbacks=default")
+    applies = {
+        "progress_bar": cfg.trainer.get("enable_progress_bar", True),
+        "non_finite_loss": run.trainable,
+        "best_checkpoint": run.trainable,
+        "last_checkpoint": run.trainable,
+        "early_stopping": run.trainable and cfg.eval.patience is not None and cfg.eval.monitor is not None,
+        "learning_rate": run.module.scheduler_factory is not None and logging,
+    }
+    checkpoints = {"dirpath": str(run_dir / "checkpoints")}  # the run's folder now, also when it was moved and resumed
+    values = {
+        "progress_bar": {"refresh_rate": cfg.progress_bar_refresh_steps},
+        "non_finite_loss": {"temperature": cfg.loss.get("temperature"), "lr": (cfg.model.optimizer or {}).get("lr")},
+        "best_checkpoint": checkpoints,
+        "last_checkpoint": checkpoints,
+    }
+    built = [build(node, **values.get(name, {})) for name, node in cfg.callbacks.items() if node is not None and applies.get(name, True)]
+    if run.trainable:
+        built += getattr(run.datamodule.sampler, "callbacks", lambda: [])()
+    return built
+
+
+def fit_and_test(trainer: L.Trainer, run: Run, resume_from: str | None) -> dict[str, float]:
+    """Fit (a trained model), then test the best checkpoint (the last epoch when nothing is
+    monitored); the last validation metrics and the test metrics."""
+    cfg, module, datamodule = run.cfg, run.module, run.datamodule
+    metrics: dict[str, float] = {}
+    if not run.trainable:
+        tester(trainer, cfg).test(module, datamodule=datamodule, verbose=False)
+        return {**metrics, **module.test_metrics}
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    best = next((c for c in trainer.checkpoint_callbacks if c.filename == "best"), None)
+    if best is not None and best.best_model_score is not None:
+        # The checkpoint that is tested; what a hyper-parameter search should optimize.
+        metrics[f"best/{cfg.eval.monitor}"] = float(best.best_model_score)
+    best_path = (best.best_model_path or None) if best is not None else None
+    tester(trainer, cfg).test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
+    return {**metrics, **module.test_metrics}
+
+
+def tester(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
+    """The Trainer that tests: ``trainer`` itself, except after a spawned fit. Its workers
+    are gone then, and testing in new ones costs their start-up again (10-20 s on a CPU)
+    for metrics that every rank computes identically, so this process tests, on one device."""
+    if getattr(trainer.strategy, "_start_method", None) != "spawn":
+        return trainer
+    return build(
+        cfg.trainer, devices=1, num_nodes=1, strategy="auto", logger=trainer.loggers, callbacks=[],
+        default_root_dir=trainer.default_root_dir, plugins=[AtomicCheckpointIO()],
+    )  # fmt: skip
+
+

@@ -1,0 +1,145 @@
+"""The one build path: a composed config -> the prepared data, the model, the loss and the
+LightningModule. Training, evaluation, export, the benchmarks and the tests build a run
+only through :func:`build_run` (or, for the data alone, :func:`build_datamodule`), so what
+they measure is what ``twotower-train`` trains.
+
+Every refusal a config can earn once its data is known (batch split over devices, sparse
+gradients under DDP, loss/sampler pair, monitored groups, the memory of one step) is raised
+here, before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from twotower.config import build, check_eval_ks, check_loss_sampler, check_monitor_groups, check_training_step
+from twotower.data.datamodule import RetrievalDataModule
+from twotower.data.prepare import PreparedData
+from twotower.errors import ConfigError
+from twotower.frequency import StreamingFrequencyEstimator
+from twotower.launch import configured_world_size, split_evenly
+from twotower.module import RetrievalModule
+from twotower.runs import run_labels
+from twotower.topk import choose_backend
+
+
+@dataclass
+class Run:
+    """A built run: ``loss`` is ``None`` for a model that is not trained (popularity)."""
+
+    cfg: DictConfig
+    datamodule: RetrievalDataModule
+    model: torch.nn.Module
+    loss: Any | None
+    module: RetrievalModule
+
+    @property
+    def data(self) -> PreparedData:
+        return self.datamodule.data
+
+    @property
+    def trainable(self) -> bool:
+        return self.loss is not None
+
+
+def is_trainable(cfg: DictConfig) -> bool:
+    return cfg.model.optimizer is not None
+
+
+def build_datamodule(cfg: DictConfig, train_on: str, source: Callable | None = None) -> RetrievalDataModule:
+    """The DataModule of ``cfg`` (not yet set up). ``train_on``: the loss's ``trains_on``;
+    ``source``: a callable returning the interactions, instead of ``cfg.data.source``
+    (the benchmarks time or cache it)."""
+    data = cfg.data
+    return RetrievalDataModule(
+        source=source or build(data.source, _partial_=True),
+        sampler=build(cfg.sampler),
+        user_features=OmegaConf.to_container(data.user_features, resolve=True),
+        item_features=OmegaConf.to_container(data.item_features, resolve=True),
+        positive_threshold=data.positive_threshold,
+        split=OmegaConf.to_container(data.split, resolve=True),
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        train_on=train_on,
+        seed=cfg.seed,
+        cross_device_negatives=cfg.distributed.cross_device_negatives,
+    )
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """The global batch divides over the processes; sparse gradients only on one device."""
+    world_size = configured_world_size(OmegaConf.to_container(cfg.trainer).get("devices", 1), cfg.trainer.get("num_nodes", 1))
+    if world_size:
+        split_evenly(cfg.data.batch_size, world_size)
+    several_devices = (world_size or 1) > 1 or "ddp" in str(cfg.trainer.get("strategy"))
+    if several_devices and (cfg.model.get("net") or {}).get("sparse_embeddings"):
+        raise ConfigError(
+            f"model.net.sparse_embeddings=true with trainer.strategy={cfg.trainer.get('strategy')}, "
+            f"trainer.devices={cfg.trainer.get('devices')}: sparse gradients are supported on one device only "
+            "(NCCL all-reduces no sparse tensors); expected one device, or model.net.sparse_embeddings=false"
+        )
+
+
+def check_first_step(cfg: DictConfig, datamodule: RetrievalDataModule, model: torch.nn.Module, loss: Any) -> None:
+    """The loss/sampler pair, the monitored groups and the memory of one training step."""
+    data = datamodule.data
+    check_loss_sampler(loss, datamodule.sampler, run_labels(cfg))
+    if cfg.eval.monitor is not None:
+        check_monitor_groups(cfg.eval.monitor, data.eval_sets["val"].warm)
+    examples = datamodule.train_examples  # what the sampler gives one example: the sizes of a step
+    one = datamodule.sampler.sample(examples.user[:1], examples.item[:1], torch.Generator().manual_seed(0))
+    tower = getattr(model, "item_tower", None)
+    check_training_step(cfg, one, data.num_items, len(examples.user), tower.row_floats if tower is not None else 0)
+
+
+def build_run(
+    cfg: DictConfig,
+    config: dict | None = None,
+    fitted_features: dict | None = None,
+    source: Callable | None = None,
+    for_training: bool = True,
+) -> Run:
+    """Seed, prepare the data, build the model, the loss and the LightningModule of ``cfg``.
+
+    ``config`` / ``fitted_features``: what the module stores in its checkpoints (the
+    resolved run config; the data's fitted features by default). ``source``: see
+    :func:`build_datamodule`. ``for_training=False`` (evaluating a trained checkpoint)
+    skips the checks of a training step."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    trainable = is_trainable(cfg)
+    if for_training:
+        check_devices(cfg)
+    loss = build(cfg.loss) if trainable else None
+    datamodule = build_datamodule(cfg, train_on=loss.trains_on if trainable else "positives", source=source)
+    datamodule.setup("fit")
+    data = datamodule.data
+    check_eval_ks(cfg.eval.ks, data.num_items)
+    model = build(cfg.model.net)(data)
+    if trainable and for_training:
+        check_first_step(cfg, datamodule, model, loss)
+    if hasattr(model, "read_features"):
+        datamodule.read_only(model.read_features)
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+    eval_backend = choose_backend(cfg.eval.backend, getattr(model, "factorizes", False), data.num_items, on_gpu)
+    if eval_backend == "faiss":
+        datamodule.max_eval_scores = None  # FAISS never holds users x items scores: larger user chunks
+    module = RetrievalModule(
+        model=model,
+        loss=loss,
+        optimizer=build(cfg.model.optimizer) if trainable else None,
+        ks=list(cfg.eval.ks),
+        item_counts=data.item_counts,
+        config=config,
+        fitted_features=data.fitted if fitted_features is None else fitted_features,
+        frequency_estimator=StreamingFrequencyEstimator(**cfg.frequency_estimator) if cfg.sampler.get("logq") == "streaming" else None,
+        eval_backend=eval_backend,
+        scheduler=build(cfg.model.scheduler) if trainable and cfg.model.get("scheduler") else None,
+        monitor=cfg.eval.monitor,
+    )
+    return Run(cfg=cfg, datamodule=datamodule, model=model, loss=loss, module=module)
