@@ -53,9 +53,8 @@ def worker_vectors(p: dict) -> dict:
     import numpy as np
     import torch
 
-    from twotower.metrics import rank_and_match
     from twotower.models.scoring import dot_matrix
-    from twotower.topk import build_faiss_index, faiss_top_k, torch_top_k
+    from twotower.topk import build_faiss_index, faiss_top_k, rank_and_match, torch_top_k
 
     faiss.omp_set_num_threads(p["threads"])
     default_blas_threshold = faiss.cvar.distance_compute_blas_threshold
@@ -144,7 +143,7 @@ def worker_vectors(p: dict) -> dict:
         times = [one_pass() for _ in range(p["repeats"])]
     sec = statistics.median(times)
     how = {"torch_top_k": f"twotower.topk.torch_top_k per chunk of {chunk} users",
-           "rank_and_match": f"score_matrix + twotower.metrics.rank_and_match per chunk of {chunk} users (trainer.test, torch)",
+           "rank_and_match": f"score_matrix + twotower.topk.rank_and_match per chunk of {chunk} users (trainer.test, torch)",
            "faiss_top_k": f"build_faiss_index + twotower.topk.faiss_top_k per chunk of {chunk} users (trainer.test, faiss)",
            "faiss_raw": f"faiss.IndexFlatIP.search(all {users:,} users, {k}) in one call, no masking"}[method]  # fmt: skip
     how += (f"; distance_compute_blas_threshold {faiss.cvar.distance_compute_blas_threshold}" if blas else

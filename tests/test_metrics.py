@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-from twotower.metrics import METRIC_NAMES, RankingAccumulator, per_user_metrics, rank_and_match
+from twotower.metrics import METRIC_NAMES, RankingAccumulator, per_user_metrics
+from twotower.topk import rank_and_match
 
 
 def brute_force(ranking: list[int], targets: set[int], k: int) -> dict[str, float]:

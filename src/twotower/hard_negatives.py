@@ -22,7 +22,7 @@ import lightning as L
 import torch
 
 from twotower.data.positives import PositiveLookup
-from twotower.models.scoring import dot_matrix
+from twotower.models.scoring import dot_matrix, encode_catalogue
 from twotower.samplers import CorpusSampler, Negatives, TrainingStats, resample_collisions
 
 log = logging.getLogger("twotower")
@@ -241,9 +241,7 @@ class HardNegativeMiner(L.Callback):
         pl_module.eval()
         try:
             with torch.no_grad():
-                item_vecs = torch.cat(
-                    [model.encode_items({k: v.to(device) for k, v in f.items()}) for f in dm.item_chunks()]
-                )
+                item_vecs = encode_catalogue(model, dm.item_chunks(), device)
                 users = torch.unique(dm.train_examples.user)
                 window = torch.full((dm.data.num_users, sampler.window), -1, dtype=torch.long)
                 for start in range(0, len(users), self.chunk):

@@ -25,6 +25,10 @@ Search returns raw item ids (ints or strings, as given), scores and positions
 nothing is ever pickled.
 
 Pure: numpy, torch and faiss only (no Lightning, no Hydra).
+
+Why one module of about 500 lines: :class:`ItemIndex` builds, searches, saves and loads
+three FAISS kinds that share the checks of their parameters and of their files, and the
+quality measure against exact search (at the end) is what export and the tests share.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import numpy as np
 import torch
 
 from twotower.fsutil import fsync_path, swap_in
+from twotower.topk import chunked_top_k
 
 FORMAT = "twotower-item-index"
 FORMAT_VERSION = 1
@@ -433,20 +438,7 @@ def exact_topk(queries: Any, items: Any, k: int, chunk_size: int = 256) -> tuple
     if len(items_np) == 0:
         raise ValueError("item vectors: expected at least one vector")
     queries_np = _as_matrix(queries, "queries", dim=items_np.shape[1])
-    item_t, query_t = torch.from_numpy(items_np), torch.from_numpy(queries_np)
-    k = min(int(k), len(item_t))
-    scores = torch.empty(len(query_t), k, dtype=torch.float32)
-    positions = torch.empty(len(query_t), k, dtype=torch.long)
-    buf = None
-    for start in range(0, len(query_t), chunk_size):
-        chunk = query_t[start : start + chunk_size]
-        if buf is None or len(buf) != len(chunk):
-            buf = torch.empty(len(chunk), len(item_t), dtype=torch.float32)
-        torch.matmul(chunk, item_t.T, out=buf)
-        top = torch.topk(buf, k, dim=1)
-        scores[start : start + len(chunk)] = top.values
-        positions[start : start + len(chunk)] = top.indices
-    return scores, positions
+    return chunked_top_k(torch.from_numpy(queries_np), torch.from_numpy(items_np), min(int(k), len(items_np)), chunk_size)
 
 
 def recall_against(approx_positions: Any, exact_positions: Any) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from twotower.topk import match_targets
 
 METRIC_NAMES = ("recall", "ndcg", "hit_rate", "mrr", "precision")
 
@@ -96,24 +95,3 @@ class RankingAccumulator:
             out[f"{prefix}/num_cold_users"] = float((~warm).sum())
         out[f"{prefix}/num_users"] = float(self.num_users)
         return out
-
-
-def rank_and_match(
-    scores: torch.Tensor,
-    seen_rows: torch.Tensor,
-    seen_items: torch.Tensor,
-    target_rows: torch.Tensor,
-    target_items: torch.Tensor,
-    k_max: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mask already-seen items, take the top ``k_max`` and mark the hits.
-
-    ``scores``: ``[U, N]`` (modified in place); ``seen_rows/seen_items`` and
-    ``target_rows/target_items``: COO pairs (row in this chunk, item).
-    Returns ``topk_items [U, k_max]``, ``hits [U, k_max]`` bool and
-    ``num_targets [U]``."""
-    scores[seen_rows, seen_items] = float("-inf")  # a masked item can never be retrieved
-    k_max = min(k_max, scores.shape[1])
-    topk_items = scores.topk(k_max, dim=1).indices
-    hits, num_targets = match_targets(topk_items, target_rows, target_items, scores.shape[1])
-    return topk_items, hits, num_targets

@@ -17,9 +17,9 @@ from twotower.data.batches import EvalBatch, TrainingBatch
 from twotower.distributed import gather_with_grad
 from twotower.frequency import StreamingFrequencyEstimator
 from twotower.losses import ScoredBatch, keep_hardest
-from twotower.metrics import RankingAccumulator, rank_and_match
-from twotower.models.scoring import score_batch
-from twotower.topk import BACKENDS, build_faiss_index, faiss_top_k, match_targets
+from twotower.metrics import RankingAccumulator
+from twotower.models.scoring import encode_catalogue, score_batch
+from twotower.topk import BACKENDS, build_faiss_index, faiss_top_k, match_targets, rank_and_match
 
 
 class RetrievalModule(L.LightningModule):
@@ -120,17 +120,8 @@ class RetrievalModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ---- evaluation: exact full ranking ---------------------------------------
-    @torch.no_grad()
-    def _encode_catalogue(self) -> torch.Tensor:
-        """``[num_items, D]`` vectors of every item, encoded in chunks."""
-        chunks = [
-            self.model.encode_items({k: v.to(self.device) for k, v in feats.items()})
-            for feats in self.trainer.datamodule.item_chunks()
-        ]
-        return torch.cat(chunks)
-
     def _start_eval(self) -> None:
-        self._item_vectors = self._encode_catalogue()
+        self._item_vectors = encode_catalogue(self.model, self.trainer.datamodule.item_chunks(), self.device)
         if self.eval_backend == "faiss":
             self._faiss_index = build_faiss_index(self._item_vectors)
         self._accumulator = RankingAccumulator(self.ks, self.item_counts.cpu())

@@ -1,4 +1,5 @@
-"""Exact top-K retrieval for evaluation: each user's K highest-scoring items by inner
+"""Exact top-K retrieval, the one home of exact ranking (evaluation, the reference of ANN
+indexes): each user's K highest-scoring items by inner
 product, items the user has already seen excluded. Two interchangeable backends with
 the same result (up to ties): torch (a matmul and ``topk`` per chunk of users; the one
 for GPUs and small catalogues) and FAISS ``IndexFlatIP`` (BLAS over blocks of items with
@@ -16,14 +17,37 @@ import torch
 BACKENDS = ("torch", "faiss")
 
 
+def unseen_top_k(scores: torch.Tensor, seen_rows: torch.Tensor, seen_items: torch.Tensor, k: int) -> torch.Tensor:
+    """``scores`` ``[U, N]`` (modified in place), seen pairs as COO (row, item) -> each row's
+    ``min(k, N)`` best unseen items ``[U, k]``, best first."""
+    scores[seen_rows, seen_items] = float("-inf")  # a masked item can never be retrieved
+    return scores.topk(min(k, scores.shape[1]), dim=1).indices
+
+
 def torch_top_k(
     user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen_rows: torch.Tensor, seen_items: torch.Tensor, k: int
 ) -> torch.Tensor:
     """``user_vecs`` ``[U, D]``, ``item_vecs`` ``[N, D]``, seen pairs as COO (row in
     ``user_vecs``, item) -> ``[U, min(k, N)]`` item ids, best first. Holds ``U x N`` scores."""
-    scores = user_vecs @ item_vecs.T
-    scores[seen_rows, seen_items] = float("-inf")
-    return scores.topk(min(k, scores.shape[1]), dim=1).indices
+    return unseen_top_k(user_vecs @ item_vecs.T, seen_rows, seen_items, k)
+
+
+def chunked_top_k(queries: torch.Tensor, items: torch.Tensor, k: int, chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores [Q, k], positions [Q, k])`` of the ``k <= N`` best items by inner product,
+    best first, nothing excluded; ``queries [Q, D]``, ``items [N, D]`` float32. Chunks of
+    ``chunk_size`` queries bound the ``[chunk, N]`` score matrix (one buffer, reused)."""
+    scores = torch.empty(len(queries), k, dtype=torch.float32)
+    positions = torch.empty(len(queries), k, dtype=torch.long)
+    buf = None
+    for start in range(0, len(queries), chunk_size):
+        chunk = queries[start : start + chunk_size]
+        if buf is None or len(buf) != len(chunk):
+            buf = torch.empty(len(chunk), len(items), dtype=torch.float32)
+        torch.matmul(chunk, items.T, out=buf)
+        top = torch.topk(buf, k, dim=1)
+        scores[start : start + len(chunk)] = top.values
+        positions[start : start + len(chunk)] = top.indices
+    return scores, positions
 
 
 def faiss_top_k(
@@ -118,3 +142,22 @@ def match_targets(
     keys = torch.arange(len(topk_items), device=device)[:, None] * num_items + topk_items
     at = torch.searchsorted(target_keys, keys).clamp_max(len(target_keys) - 1)
     return target_keys[at] == keys, num_targets
+
+
+def rank_and_match(
+    scores: torch.Tensor,
+    seen_rows: torch.Tensor,
+    seen_items: torch.Tensor,
+    target_rows: torch.Tensor,
+    target_items: torch.Tensor,
+    k_max: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask already-seen items, take the top ``k_max`` and mark the hits.
+
+    ``scores``: ``[U, N]`` (modified in place); ``seen_rows/seen_items`` and
+    ``target_rows/target_items``: COO pairs (row in this chunk, item).
+    Returns ``topk_items [U, k_max]``, ``hits [U, k_max]`` bool and
+    ``num_targets [U]``."""
+    topk_items = unseen_top_k(scores, seen_rows, seen_items, k_max)
+    hits, num_targets = match_targets(topk_items, target_rows, target_items, scores.shape[1])
+    return topk_items, hits, num_targets

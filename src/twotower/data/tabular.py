@@ -25,6 +25,10 @@ feature value longer than ``MAX_VALUE_LENGTH``, is refused. Rows repeated exactl
 repeat interactions are real data in many logs (check-ins, re-purchases), and only the
 user can tell them from an export that wrote rows twice. In a ready-made split, val/test
 users and items that never appear in the training file are kept, with a warning.
+
+Why one module of about 600 lines: it is where a user's files arrive, and every check
+reports through the same reading state (the file, its format, the line or row numbers of
+:class:`_Table`); split by column kind, each part would pass that state around.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Pure tensors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import torch
@@ -70,3 +70,10 @@ def score_batch(model, batch: TrainingBatch, gather: Callable[[torch.Tensor], to
             raise ValueError("a batch with cross-device negatives needs gather (the other ranks' positives)")
         in_batch = gather(positives) if batch.cross_device else positives
     return score_candidates(users, positives, extra, in_batch, model.score_pairs, model.score_matrix)
+
+
+@torch.no_grad()
+def encode_catalogue(model, chunks: Iterable[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """``[N, D]`` vectors of every item, from the catalogue's features in chunks (the
+    DataModule's ``item_chunks()``): what evaluation ranks and the miner searches."""
+    return torch.cat([model.encode_items({k: v.to(device) for k, v in features.items()}) for features in chunks])
