@@ -44,9 +44,10 @@ import twotower
 from twotower.config import ConfigError, check_config, compose_config
 from twotower.data.tabular import load_tables
 from twotower.errors import CheckpointError, DataError
-from twotower.export import ExportError, export, export_main, retrieve
+from twotower.export import export, export_main
 from twotower.integrity import seal_checkpoint
 from twotower.restore import load_run
+from twotower.retrieval import ExportError, Retriever
 from twotower.training import train
 from tiny_data import HOUR, T0, custom, tiny_interactions, write_csv
 
@@ -363,12 +364,12 @@ def test_truncated_export_file_is_refused(exported, tmp_path):
     data = (broken / "user_features.pt").read_bytes()
     (broken / "user_features.pt").write_bytes(data[: len(data) // 2])
     user = str(json.loads((broken / "user_ids.json").read_text())[0])
-    assert retrieve(exported, [user], 2)  # the intact export serves this user
+    assert Retriever(exported).recommend([user], k=2)  # the intact export serves this user
     with pytest.raises(ExportError, match=r"user_features\.pt: its SHA-256 does not match checksums.json"):
-        retrieve(broken, [user], 2)
+        Retriever(broken).recommend([user], k=2)
     rehash(broken)  # past the checksums (written again), reading the cut file itself fails
     with pytest.raises(ExportError, match=r"user_features\.pt: cannot read .*truncated"):
-        retrieve(broken, [user], 2)
+        Retriever(broken).recommend([user], k=2)
 
 
 def test_export_file_that_is_not_json_is_refused(exported, tmp_path):
@@ -376,10 +377,10 @@ def test_export_file_that_is_not_json_is_refused(exported, tmp_path):
     shutil.copytree(exported, broken)
     (broken / "user_ids.json").write_text('["1", "2", ')
     with pytest.raises(ExportError, match=r"user_ids\.json: its SHA-256 does not match checksums.json"):
-        retrieve(broken, ["1"], 2)
+        Retriever(broken).recommend(["1"], k=2)
     rehash(broken)
     with pytest.raises(ExportError, match=r"user_ids\.json: not valid JSON"):
-        retrieve(broken, ["1"], 2)
+        Retriever(broken).recommend(["1"], k=2)
 
 
 def rehash(export_dir: Path) -> None:
@@ -391,14 +392,12 @@ def rehash(export_dir: Path) -> None:
 
 
 def test_new_user_with_a_word_for_a_number_is_refused(tmp_path):
-    from twotower.export import encode_new_users
+    from twotower.retrieval import encode_new_users
 
-    folder = tmp_path / "export"
-    folder.mkdir()
     fitted = [{"name": "user_id", "kind": "id", "vocab": ["1"], "cardinality": 2},
               {"name": "age", "kind": "continuous", "transforms": ["normalize"], "log1p": False, "mean": 30.0, "std": 10.0}]  # fmt: skip
-    (folder / "user_tower.json").write_text(json.dumps({"args": {}, "fitted": fitted}))
-    assert encode_new_users(folder, [{"age": "40"}])["age"].tolist() == [pytest.approx(1.0)]
+    spec = {"args": {}, "fitted": fitted}
+    assert encode_new_users(spec, [{"age": "40"}])["age"].tolist() == [pytest.approx(1.0)]
     with pytest.raises(ValueError, match="new user feature age='old': expected a number"):
-        encode_new_users(folder, [{"age": "old"}])
+        encode_new_users(spec, [{"age": "old"}])
 

@@ -9,9 +9,10 @@ import torch
 
 from twotower.config import compose_config
 from twotower.evaluate import evaluate_main
-from twotower.export import export_main, load_user_tower, retrieve_main
+from twotower.export import export_main, retrieve_main
 from twotower.index import ItemIndex
 from twotower.restore import load_run
+from twotower.retrieval import load_user_tower
 from twotower.training import train
 
 TINY = [
@@ -125,19 +126,20 @@ def test_early_fusion_export_is_refused(tmp_path, capsys):
 
 def test_new_user_is_encoded_from_raw_features_like_a_known_user_without_id(export_dir):
     """A new user with user 1's raw features gets user 1's encoding with the unknown ID row."""
-    from twotower.export import encode_new_users
+    from twotower.retrieval import encode_new_users
 
+    spec = json.loads((export_dir / "user_tower.json").read_text())
     features = torch.load(export_dir / "user_features.pt", weights_only=True)
     user_ids = json.loads((export_dir / "user_ids.json").read_text())
     row = [str(u) for u in user_ids].index("1")
     # MovieLens-100K user 1: 24 years old, M, technician, zip 85711
-    new = encode_new_users(export_dir, [{"age": "24", "gender": "M", "occupation": "technician", "zip_prefix": "85"}])
+    new = encode_new_users(spec, [{"age": "24", "gender": "M", "occupation": "technician", "zip_prefix": "85"}])
     known = {name: t[row : row + 1].clone() for name, t in features.items()}
     known["user_id"][:] = 0  # the unknown row: a new user has no ID embedding of its own
     for name in known:
         assert torch.equal(new[name], known[name]), name
     with pytest.raises(ValueError, match="height"):
-        encode_new_users(export_dir, [{"height": "180"}])
+        encode_new_users(spec, [{"height": "180"}])
 
 
 def test_retrieve_serves_a_new_user(export_dir, capsys):

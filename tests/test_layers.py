@@ -12,16 +12,16 @@ import twotower
 # 1-2: pure math, configs and run records; 3: data; 4: models; 5-6: what trains them;
 # 7: the one build path; 8-9: recipes and commands.
 LAYERS = {
-    0: {"twotower", "errors", "launch", "fsutil", "integrity", "cli", "wandb_runs"},
+    0: {"twotower", "errors", "launch", "fsutil", "integrity", "cli", "wandb_runs", "metric_names"},
     1: {"frequency", "metrics", "topk", "step_memory", "optim", "distributed", "index", "artifacts", "config", "report", "compare"},
     2: {"samplers", "losses", "checkpoints", "loggers", "runs"},
     3: {"data"},
     4: {"models"},
-    5: {"hard_negatives", "callbacks"},
+    5: {"hard_negatives", "callbacks", "retrieval"},
     6: {"module"},
     7: {"wiring"},
     8: {"training", "restore"},
-    9: {"train", "evaluate", "export"},
+    9: {"train", "evaluate", "export", "serve"},
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 PACKAGE = Path(twotower.__file__).parent

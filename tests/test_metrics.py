@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-from twotower.metrics import METRIC_NAMES, RankingAccumulator, per_user_metrics
+from twotower.metric_names import METRIC_NAMES
+from twotower.metrics import RankingAccumulator, per_user_metrics
 from twotower.topk import rank_and_match
 
 

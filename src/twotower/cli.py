@@ -33,6 +33,12 @@ def is_write_error(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in WRITE_ERRNOS
 
 
+def is_refusal(err: BaseException) -> bool:
+    """What the export, retrieve, evaluate and serve commands report in one line (exit 2):
+    bad input, a missing file, and a folder that cannot be written."""
+    return isinstance(err, (ValueError, KeyError, FileNotFoundError, FileExistsError)) or is_write_error(err)
+
+
 def one_line(err: BaseException) -> str:
     """An error's message on one line: a write error as ``path: cause``, Hydra's and
     OmegaConf's multi-line reports joined, without their advice about HYDRA_FULL_ERROR."""

@@ -61,7 +61,7 @@ def _check_monitor(monitor, mode, ks: list[int]) -> None:
     """``eval.monitor`` must be a metric logged at validation, at a K of ``eval.ks``, watched in
     its direction: the ranking metrics and coverage grow better (max); mean popularity has no
     better direction, so either mode is taken for it."""
-    from twotower.metrics import METRIC_NAMES
+    from twotower.metric_names import METRIC_NAMES
 
     higher_is_better = (*METRIC_NAMES, "coverage")
     names = (*higher_is_better, "mean_popularity")

@@ -8,11 +8,11 @@ import os
 
 import lightning as L
 
-from twotower.cli import report
-from twotower.export import read_json, refused
+from twotower.cli import is_refusal, report
 from twotower.loggers import quiet_lightning
 from twotower.report import format_table
 from twotower.restore import load_run, run_dir_of
+from twotower.retrieval import read_json
 
 
 def evaluate(path: str | os.PathLike, which: str = "best") -> tuple[dict[str, float], dict[str, float]]:
@@ -37,7 +37,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     try:
         metrics, saved = evaluate(args.run, args.ckpt)
     except Exception as err:
-        if not refused(err):
+        if not is_refusal(err):
             raise
         return report(p.prog, err)
     print(format_table(metrics, "test"))

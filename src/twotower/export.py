@@ -24,37 +24,18 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.artifacts import check_plain_values, first_line, load_weights
-from twotower.cli import is_write_error, report
-from twotower.data.features import encode_feature
+from twotower.cli import is_refusal, report
 from twotower.fsutil import swap_in
-from twotower.integrity import file_digest, folder_digests
-from twotower.index import FILES as INDEX_FILES
+from twotower.integrity import folder_digests
 from twotower.index import ItemIndex, ann_quality
 from twotower.models import Tower, TwoTowerModel, require_factorized
 from twotower.models.tower import select_features
+from twotower.retrieval import CHECKSUMS, INDEX_DIR, SEEN_FILES, Retriever, encode
 
-INDEX_DIR = "index"
-EXPORT_FILES = ("item_vectors.npy", "item_ids.json", "user_tower.pt", "user_tower.json",
-                "user_features.pt", "user_ids.json", "features.json", "ann_quality.json")  # fmt: skip
-CHECKSUMS = "checksums.json"  # SHA-256 of every other file of an export, written last
 TOWER_ARGS = {"embedding_dim": 32, "mlp": [128, 64], "dropout": 0.0, "normalize": True}  # TwoTowerModel defaults
-ENCODE_CHUNK = 65536
-
-
-class ExportError(ValueError):
-    """An export folder with a file that cannot be read; the message names the file."""
-
-
-@torch.no_grad()
-def encode(tower: torch.nn.Module, features: dict[str, torch.Tensor], count: int) -> torch.Tensor:
-    """``{name: [count, ...]}`` -> ``[count, D]`` float32 vectors, in chunks."""
-    chunks = [tower({k: v[s : s + ENCODE_CHUNK] for k, v in features.items()}) for s in range(0, count, ENCODE_CHUNK)]
-    return torch.cat(chunks).float()
 
 
 def tower_spec(cfg: DictConfig, fitted: dict) -> dict:
@@ -62,6 +43,17 @@ def tower_spec(cfg: DictConfig, fitted: dict) -> dict:
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
     args = {k: net.get(k, default) for k, default in TOWER_ARGS.items()}
     return {"args": args, "fitted": select_features(fitted, net.get("feature_set", "all"))["user"]}
+
+
+def seen_items_csr(data) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's training items (training and validation positives), CSR over the users:
+    ``(ptr [U+1] int64, item rows [S] int32)``, what retrieval leaves out by default."""
+    parts = [data.splits[name].positives() for name in ("train", "val")]
+    users = torch.cat([p.user for p in parts]).numpy()
+    items = torch.cat([p.item for p in parts]).numpy()
+    keys = np.unique(users.astype(np.int64) * data.num_items + items)  # sorted by user, then item; no repeats
+    counts = np.bincount(keys // data.num_items, minlength=data.num_users)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), (keys % data.num_items).astype(np.int32)
 
 
 def _write_json(path: Path, value) -> None:
@@ -107,6 +99,9 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
         _write_json(tmp / "user_tower.json", spec)
         torch.save({k: v.clone() for k, v in data.user_features.items()}, tmp / "user_features.pt")
         _write_json(tmp / "user_ids.json", user_ids)
+        seen_ptr, seen_items = seen_items_csr(data)
+        np.save(tmp / SEEN_FILES[0], seen_ptr)
+        np.save(tmp / SEEN_FILES[1], seen_items)
         _write_json(tmp / "features.json", ckpt["twotower_features"])
         rng = np.random.default_rng(seed)
         sample = rng.choice(len(users), size=min(1000, len(users)), replace=False)
@@ -120,131 +115,7 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
     return target
 
 
-def check_export(export_dir: str | os.PathLike) -> Path:
-    """The export folder, if every exported file is there and matches its SHA-256 in
-    ``checksums.json``; else ``FileNotFoundError`` naming the missing files, or
-    ``ExportError`` naming the first corrupted one."""
-    folder = Path(export_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"export folder {folder} does not exist")
-    missing = [name for name in (*EXPORT_FILES, CHECKSUMS) if not (folder / name).is_file()]
-    missing += [f"{INDEX_DIR}/"] if not (folder / INDEX_DIR).is_dir() else []
-    if missing:
-        raise FileNotFoundError(f"export {folder} is incomplete: missing {', '.join(missing)}")
-    recorded = read_json(folder / CHECKSUMS)
-    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
-        raise ExportError(f"{folder / CHECKSUMS}: expected {{file: sha256}}, as twotower-export writes it (export again)")
-    for name, digest in sorted(recorded.items()):
-        path = folder / name
-        if ".." in Path(name).parts or Path(name).is_absolute() or not path.is_file():
-            raise ExportError(f"{folder / CHECKSUMS} lists {name!r}, which is not a file of the export (export again)")
-        if file_digest(path) != digest:
-            raise ExportError(f"{path}: its SHA-256 does not match {CHECKSUMS}: the file is corrupted (export again)")
-    unlisted = [name for name in (*EXPORT_FILES, *(f"{INDEX_DIR}/{f}" for f in INDEX_FILES)) if name not in recorded]
-    if unlisted:
-        raise ExportError(f"{folder / CHECKSUMS} does not cover {', '.join(unlisted)} (export again)")
-    return folder
-
-
-def read_json(path: Path):
-    """A JSON file of an export; a file that is not valid JSON (e.g. cut short) raises ``ExportError``."""
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path}: not valid JSON ({first_line(err)}); expected the file as twotower wrote it (is it truncated?)") from err
-
-
-def _read_tensors(path: Path) -> dict:
-    """A ``{name: tensor}`` file of an export, loaded with ``weights_only=True``."""
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises several types for a broken file
-        raise ExportError(
-            f"{path}: cannot read ({first_line(err)}); expected the file twotower-export wrote (is it truncated? export again)"
-        ) from err
-    if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
-        raise ExportError(f"{path}: expected a dict of tensors, as twotower-export writes it (export again)")
-    return value
-
-
-def load_user_tower(export_dir: str | os.PathLike) -> Tower:
-    """The exported user tower (eval mode), from ``user_tower.json`` and ``user_tower.pt`` only."""
-    folder = Path(export_dir)
-    spec = read_json(folder / "user_tower.json")
-    check_plain_values(spec, str(folder / "user_tower.json"))
-    try:
-        tower = Tower(spec["fitted"], **spec["args"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ExportError(f"{folder / 'user_tower.json'}: not a user tower description ({err!r}); expected the file twotower-export wrote") from err
-    load_weights(folder / "user_tower.pt", tower, _read_tensors(folder / "user_tower.pt"), "the user tower user_tower.json describes", ExportError)
-    return tower.eval()
-
-
-def encode_new_users(export_dir: str | os.PathLike, raw_users: list[dict[str, str]]) -> dict[str, torch.Tensor]:
-    """Encode users unseen in training from their raw features, with the exported fitted
-    transforms: ``[{"age": "25", "gender": "M", ...}]`` -> ``{name: [U, ...]}``. Their ID
-    maps to the unknown row; a feature left out counts as missing (unknown row, or the mean)."""
-    spec = read_json(Path(export_dir) / "user_tower.json")
-    names = [f["name"] for f in spec["fitted"] if f["kind"] != "id"]
-    continuous = {f["name"] for f in spec["fitted"] if f["kind"] == "continuous"}
-    for raw in raw_users:
-        unknown = sorted(set(raw) - set(names))
-        if unknown:
-            raise ValueError(f"new user features {unknown} are not features of this model; expected some of {names}")
-        for name in sorted(continuous & set(raw)):
-            value = raw[name]
-            number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
-            if value not in (None, "") and not np.isfinite(number):
-                raise ValueError(f"new user feature {name}={value!r}: expected a number (or leave it out: missing)")
-    table = pd.DataFrame([{n: raw.get(n) for n in names} for raw in raw_users], columns=names)
-    features: dict[str, torch.Tensor] = {}
-    for fitted in spec["fitted"]:
-        values = pd.Series([None] * len(raw_users), dtype=object) if fitted["kind"] == "id" else table[fitted["name"]]
-        features.update(encode_feature(fitted, values))
-    return features
-
-
-def retrieve(
-    export_dir: str | os.PathLike, users: list[str], k: int = 10, new_users: list[dict[str, str]] = ()
-) -> list[list[dict]]:
-    """Top-``k`` items (``rank, id, title, score``) for each known raw user id (as a string),
-    then for each new user given by raw features (see :func:`encode_new_users`)."""
-    folder = check_export(export_dir)
-    user_ids = read_json(folder / "user_ids.json")
-    position = {str(u): i for i, u in enumerate(user_ids)}
-    unknown = [u for u in users if str(u) not in position]
-    if unknown:
-        raise KeyError(f"unknown user id(s) {unknown}; known ids include {[str(u) for u in user_ids[:5]]} ({len(user_ids)} users)")
-    titles_file = folder / "item_titles.json"
-    ids = read_json(folder / "item_ids.json")
-    titles = dict(zip(map(str, ids), read_json(titles_file))) if titles_file.is_file() else {}
-    tower = load_user_tower(folder)
-    vectors = []
-    if users:
-        features = _read_tensors(folder / "user_features.pt")
-        short = {n: len(t) for n, t in features.items() if len(t) != len(user_ids)}
-        if short:
-            raise ExportError(f"{folder / 'user_features.pt'}: rows {short} for {len(user_ids)} user ids in user_ids.json; expected one row per user (export again)")
-        rows = torch.as_tensor([position[str(u)] for u in users], dtype=torch.long)
-        vectors.append(encode(tower, {n: t.index_select(0, rows) for n, t in features.items()}, len(rows)))
-    if new_users:
-        vectors.append(encode(tower, encode_new_users(folder, list(new_users)), len(new_users)))
-    with torch.no_grad():
-        queries = torch.cat(vectors).detach()
-    scores, found, _ = ItemIndex.load(folder / INDEX_DIR).search(queries.numpy(), k)
-    return [
-        [{"rank": r + 1, "id": i.item() if hasattr(i, "item") else i, "title": titles.get(str(i), ""), "score": float(s)}
-         for r, (i, s) in enumerate(zip(found[q], scores[q]))]
-        for q in range(len(queries))
-    ]  # fmt: skip
-
-
 # ----------------------------------------------------------------------------- console scripts
-
-
-# Refusals the commands report in one line (exit 2): bad input, and a folder that cannot be written.
-def refused(err: BaseException) -> bool:
-    return isinstance(err, (ValueError, KeyError, FileNotFoundError, FileExistsError)) or is_write_error(err)
 
 
 def _param(text: str) -> tuple[str, int]:
@@ -266,7 +137,7 @@ def export_main(argv: list[str] | None = None) -> int:
     try:
         out = export(args.run, args.out, args.index, args.ckpt, dict(args.param), overwrite=args.overwrite)
     except Exception as err:
-        if not refused(err):
+        if not is_refusal(err):
             raise
         return report(p.prog, err)
     quality = json.loads((out / "ann_quality.json").read_text())
@@ -275,7 +146,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def retrieve_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="twotower-retrieve", description="Top-k items for known users from an export.")
+    p = argparse.ArgumentParser(prog="twotower-retrieve", description="Top-k items for users from an export.")
     p.add_argument("export_dir")
     p.add_argument("--user", action="append", default=[], help="raw user id (repeatable)")
     p.add_argument(
@@ -283,20 +154,23 @@ def retrieve_main(argv: list[str] | None = None) -> int:
         help="a user unseen in training, by raw features, e.g. age=25,gender=F,occupation=student (repeatable)",
     )  # fmt: skip
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--include-seen", action="store_true", help="keep the items a known user interacted with in training")
     args = p.parse_args(argv)
     if not args.user and not args.new_user:
         p.error("give at least one --user or --new-user")
+    if args.k < 1:
+        p.error(f"-k {args.k}: expected a positive number of items")
     try:
         new_users = [dict(pair.split("=", 1) for pair in spec.split(",") if pair) for spec in args.new_user]
-        results = retrieve(args.export_dir, args.user, args.k, new_users)
+        results = Retriever(args.export_dir).recommend(args.user, new_users, args.k, exclude_seen=not args.include_seen)
     except Exception as err:
-        if not refused(err):
+        if not is_refusal(err):
             raise
         return report(p.prog, err)
     for user, rows in zip([*args.user, *(f"(new: {s})" for s in args.new_user)], results):
         print(f"user {user}:")
         for row in rows:
-            print(f"  {row['rank']:>3}  {row['id']!s:>8}  {row['score']:+.4f}  {row['title']}")
+            print(f"  {row['rank']:>3}  {row['id']!s:>8}  {row['score']:+.4f}  {row.get('title', '')}")
     return 0
 
 

@@ -17,9 +17,6 @@ from __future__ import annotations
 import torch
 
 
-METRIC_NAMES = ("recall", "ndcg", "hit_rate", "mrr", "precision")
-
-
 def per_user_metrics(hits: torch.Tensor, num_targets: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:
     """``hits``: bool ``[U, K_max]`` (ranked top-K_max); ``num_targets``: ``[U]`` (> 0).
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from twotower.fsutil import write_json_atomic
-from twotower.metrics import METRIC_NAMES
+from twotower.metric_names import METRIC_NAMES
 
 
 def write_results(metrics: dict[str, float], run_dir: Path) -> Path:

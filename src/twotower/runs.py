@@ -72,10 +72,10 @@ class RunHooks(Callback):
     ``sweep_summary.json`` in the sweep directory, remember the count."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from twotower.checkpoints import resume_checkpoint  # torch: only when a run resumes
-
         try:
             if config.get("resume"):
+                from twotower.checkpoints import resume_checkpoint  # Lightning: only when a run resumes
+
                 resumed = resumed_config(config.resume, list(config.hydra.overrides.task))
                 resume_checkpoint(Path(resumed.paths.output_dir))  # refuses when no checkpoint is intact
             else:
