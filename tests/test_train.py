@@ -136,6 +136,7 @@ def test_tiny_two_tower_run_end_to_end(tmp_path, tiny_overrides):
     assert "test/cold/recall@10" in metrics and "test/warm/recall@10" in metrics
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test/recall@10"] == pytest.approx(metrics["test/recall@10"])
+    assert saved["popularity/test/recall@10"] == pytest.approx(0.0716, abs=1e-4)  # the figure on this split
     features = json.loads((tmp_path / "features.json").read_text())
     assert [f["name"] for f in features["user"]] == ["user_id", "age", "gender", "occupation", "zip_prefix"]
     assert "seed: 3" in (tmp_path / "config.yaml").read_text()
@@ -177,6 +178,8 @@ def test_popularity_baseline_matches_brute_force(tmp_path, tiny_overrides):
         recalls.append(len(set(top) & targets) / len(targets))
     expected = sum(recalls) / len(recalls)
     assert metrics["test/recall@10"] == pytest.approx(expected, abs=2e-3)
+    # The popularity reference every run reports: the same baseline (ties aside).
+    assert metrics["popularity/test/recall@10"] == pytest.approx(metrics["test/recall@10"], abs=1e-3)
 
 
 def pd_groups(df):
@@ -202,6 +205,7 @@ def test_console_script_prints_the_table(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "recall@10" in out.stdout and "ndcg@10" in out.stdout
+    assert "popularity all" in out.stdout  # the reference beside the model
     results = list(tmp_path.glob("train/runs/*/results.json"))
     assert len(results) == 1
 

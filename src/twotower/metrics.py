@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from twotower.topk import match_targets
+
 
 def per_user_metrics(hits: torch.Tensor, num_targets: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:
     """``hits``: bool ``[U, K_max]`` (ranked top-K_max); ``num_targets``: ``[U]`` (> 0).
@@ -92,3 +94,34 @@ class RankingAccumulator:
             out[f"{prefix}/num_cold_users"] = float((~warm).sum())
         out[f"{prefix}/num_users"] = float(self.num_users)
         return out
+
+
+def popularity_metrics(item_counts: torch.Tensor, batches, ks: list[int], prefix: str) -> dict[str, float]:
+    """The most-popular baseline on the same evaluation batches (``EvalBatch``-like: ``warm``,
+    ``seen_rows`` / ``seen_items``, ``target_rows`` / ``target_items``): every user gets the
+    items with the most training positives, its seen items removed, ties broken by item
+    index; the metrics as :class:`RankingAccumulator` computes them for a model.
+
+    Without a ``[U, N]`` score matrix: a chunk's users take their top-K from the first
+    ``K + (most items any of them has seen)`` items of the one global order."""
+    counts = item_counts.float()
+    order = torch.sort(-counts, stable=True).indices  # [N], most popular first
+    rank_of = torch.empty_like(order)
+    rank_of[order] = torch.arange(len(order))
+    k_max = min(max(ks), len(order))
+    accumulator = RankingAccumulator(ks, counts)
+    for batch in batches:
+        users = len(batch.warm)
+        most_seen = int(torch.bincount(batch.seen_rows, minlength=users).max()) if len(batch.seen_rows) else 0
+        width = min(k_max + most_seen, len(order))
+        seen = torch.zeros(users, width, dtype=torch.bool)
+        rank = rank_of[batch.seen_items]
+        inside = rank < width
+        seen[batch.seen_rows[inside], rank[inside]] = True
+        # The first k_max unseen columns of each row, in order: rank columns by (seen, position).
+        position = torch.arange(width).expand(users, -1) + seen.long() * width
+        columns = position.topk(k_max, dim=1, largest=False).indices  # ascending: the unseen, in order
+        topk_items = order[:width][columns]
+        hits, num_targets = match_targets(topk_items, batch.target_rows, batch.target_items, len(order))
+        accumulator.add(topk_items, hits, num_targets, batch.warm)
+    return accumulator.compute(prefix)

@@ -19,6 +19,7 @@ from twotower.config import build, resolved_config
 from twotower.errors import ConfigError
 from twotower.launch import is_main_process
 from twotower.loggers import build_loggers, drop_metrics_after, quiet_lightning
+from twotower.metrics import popularity_metrics
 from twotower.report import format_table, write_results
 from twotower.runs import run_labels, sweep_name
 from twotower.wandb_runs import finish_wandb, log_summary
@@ -71,6 +72,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
             **({"limit_val_batches": 0} if len(data.eval_sets["val"].users) == 0 else {}),
         )
         metrics = fit_and_test(trainer, run, resume_from)
+        metrics.update(popularity_reference(run))
         if writes_files:
             write_results(metrics, run_dir)
             log_summary(metrics)
@@ -136,6 +138,19 @@ def fit_and_test(trainer: L.Trainer, run: Run, resume_from: str | None) -> dict[
     best_path = (best.best_model_path or None) if best is not None else None
     tester(trainer, cfg).test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
     return {**metrics, **module.test_metrics}
+
+
+def popularity_reference(run: Run) -> dict[str, float]:
+    """``popularity/test/...``: the most-popular baseline on the test users the model was
+    tested on (the run's own ``limit_test_batches``), beside the model in the table and in
+    ``results.json``."""
+    batches = list(iter(run.datamodule.test_dataloader()))
+    limit = run.cfg.trainer.get("limit_test_batches")
+    if isinstance(limit, float) and limit < 1:
+        batches = batches[: int(limit * len(batches))]
+    elif isinstance(limit, int) and not isinstance(limit, bool):
+        batches = batches[:limit]
+    return popularity_metrics(run.data.item_counts, batches, list(run.cfg.eval.ks), "popularity/test")
 
 
 def tester(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
