@@ -92,10 +92,10 @@ def test_report_means_stds_sorting_and_failed_run(sweep_a, tmp_path):
                         " | test/ndcg@10 mean ± std | duration_s mean ± std |")
     # temperature 0.1: recall@10 mean (0.20 + 0.22 + 0.24) / 3 = 0.22, std sqrt((0.02² + 0 + 0.02²) / 2) = 0.02;
     #   recall@50 0.5 ± 0; ndcg@10 0.3 ± 0; duration (10 + 20 + 30) / 3 = 20, std sqrt((10² + 0 + 10²) / 2) = 10.
-    assert lines[2] == "| 0.1 | 3 | 0.2200 ± 0.0200 | 0.5000 ± 0.0000 | 0.3000 ± 0.0000 | 20.0000 ± 10.0000 |"
+    assert lines[2] == "| 0.1 | 3 | 0.2200 ± 0.0200 | 0.5000 ± 0.0000 | 0.3000 ± 0.0000 | 20.0 ± 10.0 |"  # seconds: 1 decimal
     # temperature 0.05: recall@10 mean 0.36 / 3 = 0.12, std sqrt((0.02² + 0.02² + 0.04²) / 2) = sqrt(0.0012) = 0.0346;
     #   recall@50 mean 0.7, std sqrt((0.1² + 0 + 0.1²) / 2) = 0.1.
-    assert lines[3] == "| 0.05 | 3 | 0.1200 ± 0.0346 | 0.7000 ± 0.1000 | 0.4000 ± 0.0000 | 20.0000 ± 10.0000 |"
+    assert lines[3] == "| 0.05 | 3 | 0.1200 ± 0.0346 | 0.7000 ± 0.1000 | 0.4000 ± 0.0000 | 20.0 ± 10.0 |"
     assert "Failed or unfinished runs (1)" in markdown and "failed: RuntimeError: boom" in markdown
     assert "0.2 |" not in markdown  # the failed configuration has no row
     assert [p.name for p in written] == ["comparison.md", "comparison.csv", "recall_at_k.png", "val_curve.png"]
@@ -169,3 +169,17 @@ def test_group_choices_from_the_overrides_name_the_configurations(tmp_path):
     header = markdown.splitlines()[0]
     assert header.startswith("| model | n |") and "temperature" not in header and "embedding_dim" not in header
     assert markdown.splitlines()[2].startswith("| b | 1 | 0.3000")
+
+
+def test_one_configuration_keeps_a_label_column_and_lines_carry_their_spread(sweep_a, tmp_path):
+    from twotower.compare import group_runs, mean_lines, recall_at_k
+
+    runs = [load_run(d) for d in find_run_dirs(sweep_a) if load_run(d).error is None]
+    same = [r for r in runs if r.config["loss.temperature"] == 0.1]  # flattened config
+    markdown, _ = compare([r.path for r in same], tmp_path / "one")
+    assert markdown.splitlines()[0].startswith("| configuration | n |")
+    assert markdown.splitlines()[2].startswith("| all runs | 3 | 0.2200 ± 0.0200 |")
+    # recall@10 of the three runs 0.20, 0.22, 0.24: mean 0.22, sample std 0.02; recall@50 0.5 each: std 0.
+    (frame,) = mean_lines(group_runs(same, []), [], recall_at_k).values()
+    assert frame.loc[10, "mean"] == pytest.approx(0.22) and frame.loc[10, "std"] == pytest.approx(0.02)
+    assert frame.loc[50, "std"] == pytest.approx(0.0)

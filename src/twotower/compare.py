@@ -142,20 +142,28 @@ def summarize(groups: Groups, keys: list[str], metrics: list[str], sort: str | N
     names = short_names(keys)
     rows = []
     for values, runs in groups.items():
-        row: dict[str, Any] = {**dict(zip(names.values(), values)), "n": len(runs)}
+        # One configuration (nothing varies): a label column all the same, so the table still says what a row is.
+        label = dict(zip(names.values(), values)) if names else {"configuration": "all runs"}
+        row: dict[str, Any] = {**label, "n": len(runs)}
         for m in metrics:
             values_m = [r.metrics[m] for r in runs if m in r.metrics]
             row[f"{m} mean"] = statistics.fmean(values_m) if values_m else math.nan
             row[f"{m} std"] = statistics.stdev(values_m) if len(values_m) > 1 else math.nan
         rows.append(row)
-    columns = [*names.values(), "n", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))]
+    columns = [*(names.values() or ["configuration"]), "n", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))]
     table = pd.DataFrame(rows, columns=columns).astype({"n": int})  # all-numeric rows would make n a float
     by = f"{sort or metrics[0]} mean"
     return table.sort_values(by, ascending=False, na_position="last", kind="stable", ignore_index=True)
 
 
-def _fmt(x: float) -> str:  # a number for the markdown table
-    return "" if pd.isna(x) else f"{x:.4f}" if abs(x) < 100 else f"{x:.1f}"
+def _fmt(x: float, decimals: int) -> str:
+    return "" if pd.isna(x) else f"{x:.{decimals}f}"
+
+
+def decimals_of(metric: str, mean: float) -> int:
+    """One rounding per metric, mean and std alike: 1 decimal for seconds and values of 100 or
+    more, 4 for the ranking metrics."""
+    return 1 if metric == DURATION or (not pd.isna(mean) and abs(mean) >= 100) else 4
 
 
 def to_markdown(table: pd.DataFrame, metrics: list[str], failed: list[Run] = ()) -> str:
@@ -165,8 +173,9 @@ def to_markdown(table: pd.DataFrame, metrics: list[str], failed: list[Run] = ())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(int(row[k])) if k == "n" else str(row[k]) for k in keys]  # iterrows makes numbers floats
-        cells += [_fmt(row[f"{m} mean"]) + ("" if pd.isna(row[f"{m} std"]) else f" ± {_fmt(row[f'{m} std'])}")
-                  for m in metrics]
+        for m in metrics:
+            mean, std, decimals = row[f"{m} mean"], row[f"{m} std"], decimals_of(m, row[f"{m} mean"])
+            cells.append(_fmt(mean, decimals) + ("" if pd.isna(std) else f" ± {_fmt(std, decimals)}"))
         lines.append("| " + " | ".join(cells) + " |")
     if failed:
         lines += ["", f"Failed or unfinished runs ({len(failed)}), not in the table:"]
@@ -174,16 +183,21 @@ def to_markdown(table: pd.DataFrame, metrics: list[str], failed: list[Run] = ())
     return "\n".join(lines) + "\n"
 
 
-def plot_lines(lines: dict[str, pd.Series], path: Path, **labels: str) -> Path:
-    """A PNG, one line per legend label (series indexed by x); Agg canvas, no pyplot or global backend."""
+def plot_lines(lines: dict[str, pd.DataFrame], path: Path, **labels: str) -> Path:
+    """A PNG, one line per legend label (frames with ``mean`` and ``std`` indexed by x), a band
+    of mean ± std (sample std over seeds) where a configuration has several runs; Agg canvas,
+    no pyplot or global backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    for name, series in lines.items():
-        ax.plot(series.index, series.values, marker="o", label=name)
+    for name, frame in lines.items():
+        (line,) = ax.plot(frame.index, frame["mean"], marker="o", label=name)
+        spread = frame["std"].fillna(0.0)
+        if (spread > 0).any():
+            ax.fill_between(frame.index, frame["mean"] - spread, frame["mean"] + spread, color=line.get_color(), alpha=0.2)
     ax.set(**labels)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -208,14 +222,16 @@ def val_curve(run: Run, metric: str) -> pd.Series:
     return df.dropna(subset=[metric]).groupby("epoch")[metric].mean()
 
 
-def mean_lines(groups: Groups, keys: list[str], per_run) -> dict[str, pd.Series]:
-    """Per configuration (labelled ``name=value, ...``), the mean over its runs of ``per_run(run)``."""
+def mean_lines(groups: Groups, keys: list[str], per_run) -> dict[str, pd.DataFrame]:
+    """Per configuration (labelled ``name=value, ...``), the ``mean`` and sample ``std`` (NaN for
+    one run) over its runs of ``per_run(run)``, indexed by x."""
     names, lines = short_names(keys), {}
     for values, runs in groups.items():
         series = [s for s in map(per_run, runs) if len(s)]
         if series:
             label = ", ".join(f"{names[k]}={v}" for k, v in zip(keys, values)) or "all runs"
-            lines[label] = pd.concat(series, axis=1).mean(axis=1).sort_index()
+            joined = pd.concat(series, axis=1)
+            lines[label] = pd.DataFrame({"mean": joined.mean(axis=1), "std": joined.std(axis=1, ddof=1)}).sort_index()
     return lines
 
 
@@ -255,9 +271,9 @@ def compare(paths: list[Path], out: Path, metrics: list[str] | None = None, sort
     (out / "comparison.md").write_text(markdown)
     table.to_csv(out / "comparison.csv", index=False)
     recall = plot_lines(mean_lines(groups, keys, recall_at_k), out / "recall_at_k.png",
-                        xlabel="K", ylabel="test Recall@K (mean over seeds)", title="Recall@K")
+                        xlabel="K", ylabel="test Recall@K (mean ± std over seeds)", title="Recall@K")
     curve = plot_lines(mean_lines(groups, keys, lambda r: val_curve(r, curve_metric)), out / "val_curve.png",
-                       xlabel="epoch", ylabel=f"{curve_metric} (mean over seeds)", title=curve_metric)
+                       xlabel="epoch", ylabel=f"{curve_metric} (mean ± std over seeds)", title=curve_metric)
     return markdown, [out / "comparison.md", out / "comparison.csv", recall, curve]
 
 
