@@ -116,10 +116,11 @@ def test_unknown_config_option_is_refused_with_the_options():
         (["loss=mse", "sampler=in_batch"], ConfigError, ["the loss regresses observed ratings", "use sampler=none"]),
         (["loss=listwise", "sampler=none"], ConfigError, ["the loss needs negatives", "use sampler=in_batch"]),
         (["progress_bar_refresh_steps=0"], ConfigError, ["progress_bar_refresh_steps=0: expected a positive integer"]),
+        (["eval.popularity_bands=[0.5,0.2]"], ConfigError, ["eval.popularity_bands=[0.5, 0.2]: expected the ends of the head and the torso"]),
     ],
     ids=["k_zero", "k_negative", "monitor_k_not_in_ks", "temperature_zero", "temperature_negative", "margin_negative",
          "sigma_zero", "hard_window_lo_gt_hi", "batch_size_zero", "no_validation_split", "mse_in_batch", "listwise_none",
-         "progress_refresh_zero"],
+         "progress_refresh_zero", "popularity_bands_reversed"],
 )  # fmt: skip
 def test_invalid_config_is_refused_before_any_output(tmp_path, tiny_csv, tiny_overrides, overrides, error, parts):
     refused_before_writing(tmp_path, tiny_overrides + custom(tiny_csv, *overrides), error, parts)

@@ -211,5 +211,31 @@ def test_popularity_metrics_match_a_dense_ranking_by_count():
     got = popularity_metrics(counts, [batch], ks, "test")
     accumulator = RankingAccumulator(ks, counts)
     topk, hits, num_targets = rank_and_match(counts.expand(users, -1).clone(), seen_rows, seen_items, target_rows, target_items, max(ks))
-    accumulator.add(topk, hits, num_targets, batch.warm)
+    accumulator.add(topk, hits, num_targets, batch.warm, target_rows, target_items)
     assert got == pytest.approx(accumulator.compute("test"))
+
+
+def test_metrics_per_popularity_band_on_a_hand_made_ranking():
+    """10 items, counts 10..1 for items 0..9: head = items 0-1 (first 20%), torso = 2-4 (to
+    50%), tail = 5-9. User 0 retrieves [0, 5, 2] and holds out {5, 7, 2}; user 1 retrieves
+    [1, 3, 8] and holds out {0}."""
+    from twotower.metrics import popularity_bands
+
+    counts = torch.arange(10, 0, -1).float()
+    assert popularity_bands(counts).tolist() == [0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
+    accumulator = RankingAccumulator([1, 3], counts)
+    topk = torch.tensor([[0, 5, 2], [1, 3, 8]])
+    target_rows, target_items = torch.tensor([0, 0, 0, 1]), torch.tensor([5, 7, 2, 0])
+    hits = torch.tensor([[False, True, True], [False, False, False]])
+    accumulator.add(topk, hits, torch.tensor([3, 1]), torch.tensor([True, True]), target_rows, target_items)
+    out = accumulator.compute("test")
+    # Head: only user 1 has a head target (0), never retrieved: 0. Torso: user 0's target 2, found at
+    # rank 3: 0 at K=1, 1 at K=3. Tail: user 0's targets 5 and 7, 5 found at rank 2: 0, then 1/2.
+    assert out["test/band/head/recall@3"] == 0.0
+    assert (out["test/band/torso/recall@1"], out["test/band/torso/recall@3"]) == (0.0, 1.0)
+    assert (out["test/band/tail/recall@1"], out["test/band/tail/recall@3"]) == (0.0, 0.5)
+    # Shares of the top 3 (6 slots): head 0, 1 -> 2/6; torso 2, 3 -> 2/6; tail 5, 8 -> 2/6. Top 1: both head.
+    assert [out[f"test/band/{b}/share@3"] for b in ("head", "torso", "tail")] == pytest.approx([1 / 3] * 3)
+    assert out["test/band/head/share@1"] == 1.0 and out["test/band/tail/share@1"] == 0.0
+    with pytest.raises(ValueError, match="popularity_bands"):
+        popularity_bands(counts, (0.5, 0.2))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from twotower import CONFIG_DIR
 from twotower.errors import ConfigError
@@ -112,6 +112,10 @@ def check_config(cfg: DictConfig) -> None:
         patience = ev.get("patience")
         if patience is not None and not (_is_int(patience) and patience >= 0):
             raise ConfigError(f"eval.patience={patience}: expected a non-negative integer, or null to never stop early")
+        bands = ev.get("popularity_bands", [0.2, 0.5])
+        bands = list(bands) if isinstance(bands, (list, ListConfig)) else bands
+        if not (isinstance(bands, list) and len(bands) == 2 and all(_is_number(b) for b in bands) and 0 < bands[0] < bands[1] < 1):
+            raise ConfigError(f"eval.popularity_bands={bands}: expected the ends of the head and the torso as shares of the items, 0 < head < torso < 1 (e.g. [0.2, 0.5])")
     refresh = cfg.get("progress_bar_refresh_steps")
     if refresh is not None and not (_is_int(refresh) and refresh >= 1):
         raise ConfigError(f"progress_bar_refresh_steps={refresh}: expected a positive integer (steps between updates)")

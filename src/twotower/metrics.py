@@ -48,23 +48,59 @@ def per_user_metrics(hits: torch.Tensor, num_targets: torch.Tensor, ks: list[int
     return out
 
 
+#: Popularity bands of the catalogue: the items with the most training positives that make
+#: the first 20% of items are the head, the next 30% the torso, the other half the tail.
+BANDS = (0.2, 0.5)
+BAND_NAMES = ("head", "torso", "tail")
+
+
+def popularity_bands(item_counts: torch.Tensor, edges: tuple[float, float] = BANDS) -> torch.Tensor:
+    """``[N]`` band of each item (0 head, 1 torso, 2 tail) by its rank in training counts
+    (ties by item index): ranks below ``edges[0] * N`` are the head, below ``edges[1] * N`` the torso."""
+    head, torso = edges
+    if not 0 < head < torso < 1:
+        raise ValueError(f"eval.popularity_bands={list(edges)}: expected two cumulative shares of the items by popularity, 0 < end of head < end of torso < 1 (e.g. [0.2, 0.5])")
+    order = torch.sort(-item_counts.float(), stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    n = len(order)
+    return (rank >= round(head * n)).long() + (rank >= round(torso * n)).long()
+
+
 class RankingAccumulator:
     """Collects per-user metrics and retrieved items over chunks of users, then
     averages: over all users, and apart over warm users (seen in training) and
     cold users (not seen), when both kinds are present."""
 
-    def __init__(self, ks: list[int], item_counts: torch.Tensor):
+    def __init__(self, ks: list[int], item_counts: torch.Tensor, bands: tuple[float, float] = BANDS):
         self.ks = sorted(ks)
         self.item_counts = item_counts.float()
+        self.band_of = popularity_bands(self.item_counts, bands)  # [N]: 0 head, 1 torso, 2 tail
+        self.band_hits: dict[int, list[torch.Tensor]] = {k: [] for k in self.ks}  # [U, 3] per chunk
+        self.band_targets: list[torch.Tensor] = []  # [U, 3]
+        self.band_retrieved = {k: torch.zeros(len(BAND_NAMES)) for k in self.ks}
         self.values: dict[str, list[torch.Tensor]] = {}
         self.warm: list[torch.Tensor] = []
         self.retrieved = {k: torch.zeros(len(item_counts), dtype=torch.bool) for k in self.ks}
         self.popularity = {k: 0.0 for k in self.ks}
         self.num_users = 0
 
-    def add(self, topk_items: torch.Tensor, hits: torch.Tensor, num_targets: torch.Tensor, warm: torch.Tensor) -> None:
-        """``topk_items``: ``[U, K_max]`` long; ``hits``: bool ``[U, K_max]``; ``num_targets``, ``warm``: ``[U]``."""
+    def add(self, topk_items: torch.Tensor, hits: torch.Tensor, num_targets: torch.Tensor, warm: torch.Tensor,
+            target_rows: torch.Tensor | None = None, target_items: torch.Tensor | None = None) -> None:  # fmt: skip
+        """``topk_items``: ``[U, K_max]`` long; ``hits``: bool ``[U, K_max]``; ``num_targets``, ``warm``: ``[U]``;
+        ``target_rows`` / ``target_items``: the held-out pairs (COO), for the metrics per popularity band."""
         topk_items, hits, num_targets, warm = (t.detach().cpu() for t in (topk_items, hits, num_targets, warm))
+        band = self.band_of[topk_items]  # [U, K_max]
+        for k in self.ks:
+            self.band_retrieved[k] += torch.bincount(band[:, :k].reshape(-1), minlength=len(BAND_NAMES)).float()
+        if target_rows is not None:
+            targets = torch.zeros(len(topk_items), len(BAND_NAMES))
+            targets.index_put_((target_rows.cpu(), self.band_of[target_items.cpu()]), torch.ones(len(target_rows)), accumulate=True)
+            self.band_targets.append(targets)
+            one_hot = torch.nn.functional.one_hot(band, len(BAND_NAMES)).float() * hits[..., None].float()  # [U, K, 3]
+            cumulative = one_hot.cumsum(1)
+            for k in self.ks:
+                self.band_hits[k].append(cumulative[:, min(k, cumulative.shape[1]) - 1])
         for name, v in per_user_metrics(hits, num_targets, self.ks).items():
             self.values.setdefault(name, []).append(v)
         self.warm.append(warm.bool())
@@ -93,10 +129,21 @@ class RankingAccumulator:
             out[f"{prefix}/num_warm_users"] = float(warm.sum())
             out[f"{prefix}/num_cold_users"] = float((~warm).sum())
         out[f"{prefix}/num_users"] = float(self.num_users)
+        for k in self.ks:
+            for b, name in enumerate(BAND_NAMES):
+                out[f"{prefix}/band/{name}/share@{k}"] = float(self.band_retrieved[k][b]) / (self.num_users * k)
+        if self.band_targets:
+            targets = torch.cat(self.band_targets)
+            for k in self.ks:
+                hits = torch.cat(self.band_hits[k])
+                for b, name in enumerate(BAND_NAMES):
+                    has = targets[:, b] > 0  # a band's recall over the users with held-out items in it
+                    if has.any():
+                        out[f"{prefix}/band/{name}/recall@{k}"] = float((hits[has, b] / targets[has, b]).mean())
         return out
 
 
-def popularity_metrics(item_counts: torch.Tensor, batches, ks: list[int], prefix: str) -> dict[str, float]:
+def popularity_metrics(item_counts: torch.Tensor, batches, ks: list[int], prefix: str, bands: tuple[float, float] = BANDS) -> dict[str, float]:
     """The most-popular baseline on the same evaluation batches (``EvalBatch``-like: ``warm``,
     ``seen_rows`` / ``seen_items``, ``target_rows`` / ``target_items``): every user gets the
     items with the most training positives, its seen items removed, ties broken by item
@@ -109,7 +156,7 @@ def popularity_metrics(item_counts: torch.Tensor, batches, ks: list[int], prefix
     rank_of = torch.empty_like(order)
     rank_of[order] = torch.arange(len(order))
     k_max = min(max(ks), len(order))
-    accumulator = RankingAccumulator(ks, counts)
+    accumulator = RankingAccumulator(ks, counts, bands)
     for batch in batches:
         users = len(batch.warm)
         most_seen = int(torch.bincount(batch.seen_rows, minlength=users).max()) if len(batch.seen_rows) else 0
@@ -123,5 +170,5 @@ def popularity_metrics(item_counts: torch.Tensor, batches, ks: list[int], prefix
         columns = position.topk(k_max, dim=1, largest=False).indices  # ascending: the unseen, in order
         topk_items = order[:width][columns]
         hits, num_targets = match_targets(topk_items, batch.target_rows, batch.target_items, len(order))
-        accumulator.add(topk_items, hits, num_targets, batch.warm)
+        accumulator.add(topk_items, hits, num_targets, batch.warm, batch.target_rows, batch.target_items)
     return accumulator.compute(prefix)

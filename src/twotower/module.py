@@ -17,7 +17,7 @@ from twotower.data.batches import EvalBatch, TrainingBatch
 from twotower.distributed import gather_with_grad
 from twotower.frequency import StreamingFrequencyEstimator
 from twotower.losses import ScoredBatch, keep_hardest
-from twotower.metrics import RankingAccumulator
+from twotower.metrics import BANDS, RankingAccumulator
 from twotower.models.scoring import encode_catalogue, score_batch
 from twotower.topk import BACKENDS, build_faiss_index, faiss_top_k, match_targets, rank_and_match
 
@@ -44,6 +44,7 @@ class RetrievalModule(L.LightningModule):
         eval_backend: str = "torch",
         scheduler: Callable | None = None,
         monitor: str | None = None,
+        popularity_bands: tuple[float, float] = BANDS,
     ):
         super().__init__()
         if not ks or min(ks) < 1:
@@ -53,6 +54,7 @@ class RetrievalModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory, self.monitor = scheduler, monitor
         self.ks = sorted(ks)
+        self.popularity_bands = tuple(popularity_bands)
         self.register_buffer("item_counts", item_counts.float(), persistent=False)
         # Stored in every checkpoint, so a checkpoint describes itself.
         self.run_config = config or {}
@@ -124,7 +126,7 @@ class RetrievalModule(L.LightningModule):
         self._item_vectors = encode_catalogue(self.model, self.trainer.datamodule.item_chunks(), self.device)
         if self.eval_backend == "faiss":
             self._faiss_index = build_faiss_index(self._item_vectors)
-        self._accumulator = RankingAccumulator(self.ks, self.item_counts.cpu())
+        self._accumulator = RankingAccumulator(self.ks, self.item_counts.cpu(), self.popularity_bands)
 
     def _eval_step(self, batch: EvalBatch) -> None:
         user_vecs = self.model.encode_users(batch.user)
@@ -137,7 +139,7 @@ class RetrievalModule(L.LightningModule):
             topk, hits, num_targets = rank_and_match(
                 scores, batch.seen_rows, batch.seen_items, batch.target_rows, batch.target_items, k
             )
-        self._accumulator.add(topk, hits, num_targets, batch.warm)
+        self._accumulator.add(topk, hits, num_targets, batch.warm, batch.target_rows, batch.target_items)
 
     def _end_eval(self, prefix: str) -> dict[str, float]:
         metrics = self._accumulator.compute(prefix)

@@ -150,7 +150,7 @@ def popularity_reference(run: Run) -> dict[str, float]:
         batches = batches[: int(limit * len(batches))]
     elif isinstance(limit, int) and not isinstance(limit, bool):
         batches = batches[:limit]
-    return popularity_metrics(run.data.item_counts, batches, list(run.cfg.eval.ks), "popularity/test")
+    return popularity_metrics(run.data.item_counts, batches, list(run.cfg.eval.ks), "popularity/test", run.module.popularity_bands)
 
 
 def tester(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:

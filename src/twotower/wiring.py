@@ -24,6 +24,7 @@ from twotower.data.prepare import PreparedData
 from twotower.errors import ConfigError
 from twotower.frequency import StreamingFrequencyEstimator
 from twotower.launch import configured_world_size, split_evenly
+from twotower.metrics import BANDS
 from twotower.module import RetrievalModule
 from twotower.runs import run_labels
 from twotower.topk import choose_backend
@@ -141,5 +142,6 @@ def build_run(
         eval_backend=eval_backend,
         scheduler=build(cfg.model.scheduler) if trainable and cfg.model.get("scheduler") else None,
         monitor=cfg.eval.monitor,
+        popularity_bands=tuple(cfg.eval.get("popularity_bands", BANDS)),
     )
     return Run(cfg=cfg, datamodule=datamodule, model=model, loss=loss, module=module)
