@@ -211,7 +211,7 @@ def test_an_interrupted_sweep_keeps_its_summary_and_its_jobs_resume_from_their_p
     (job,) = sweep.glob("1_*")
     assert json.loads((job / "status.json").read_text())["error"] == f"KeyboardInterrupt: {signal.Signals(signum).name}"
     table = (sweep / "comparison" / "comparison.md").read_text()
-    assert "\n| 1 | " in table and f"{job.name}`: interrupted" in table  # job 0 compared, job 1 listed apart
+    assert "\n| all runs | 1 | " in table and f"{job.name}`: interrupted" in table  # job 0 compared, job 1 listed apart
 
     assert "=" in job.name and "," in job.name
     resumed = subprocess.run([sys.executable, "-m", "twotower.train", f"resume={job}"],
