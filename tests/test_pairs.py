@@ -12,10 +12,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\
 
 LOSSES = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("*.yaml"))
+# The fast tier: every loss with in-batch negatives, every sampler with the listwise loss, and
+# the regression pair; the other pairs run with the slow tier.
+FAST = {(loss, "in_batch") for loss in LOSSES} | {("listwise", sampler) for sampler in SAMPLERS} | {("mse", "none")}
+PAIRS = [pytest.param(loss, sampler, marks=() if (loss, sampler) in FAST else pytest.mark.slow, id=f"{loss}-{sampler}")
+         for loss in LOSSES for sampler in SAMPLERS]  # fmt: skip
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
-@pytest.mark.parametrize("loss_name", LOSSES)
+@pytest.mark.parametrize("loss_name,sampler", PAIRS)
 def test_pair_trains_one_step_or_is_refused(loss_name, sampler, tmp_path):
     cfg = compose_config([f"loss={loss_name}", f"sampler={sampler}", "data.batch_size=64", "seed=0"], output_dir=tmp_path)
     run = build_run(cfg, for_training=False)  # the pair's check is made here, with the names the user typed
