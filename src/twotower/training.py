@@ -6,6 +6,7 @@ command around it is :mod:`twotower.train`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from pathlib import Path
@@ -144,12 +145,13 @@ def popularity_reference(run: Run) -> dict[str, float]:
     """``popularity/test/...``: the most-popular baseline on the test users the model was
     tested on (the run's own ``limit_test_batches``), beside the model in the table and in
     ``results.json``."""
-    batches = list(iter(run.datamodule.test_dataloader()))
-    limit = run.cfg.trainer.get("limit_test_batches")
+    loader = run.datamodule.test_dataloader()
+    count, limit = len(loader), run.cfg.trainer.get("limit_test_batches")
     if isinstance(limit, float) and limit < 1:
-        batches = batches[: int(limit * len(batches))]
+        count = int(limit * count)
     elif isinstance(limit, int) and not isinstance(limit, bool):
-        batches = batches[:limit]
+        count = min(limit, count)
+    batches = itertools.islice(loader, count)  # built one at a time, only those the model was tested on
     return popularity_metrics(run.data.item_counts, batches, list(run.cfg.eval.ks), "popularity/test", run.module.popularity_bands)
 
 
