@@ -40,20 +40,38 @@ def eval_vector_params(ctx: Context) -> dict:
             "threads": a.threads_effective}  # fmt: skip
 
 
-def bench_platform_test(ctx: Context, scale: str, backend: str) -> dict:
-    cfg, dm, template = make_run(ctx, scale, [f"eval.backend={backend}"])
-    users = len(dm.data.eval_sets["test"].users)
+def timed_evaluations(ctx: Context, cfg, dm, template, stage: str) -> list[float]:
+    """Seconds of ``trainer.<stage>`` (``test`` or ``validate``) on fresh copies of ``template``,
+    one per repeat after a warm-up."""
     times = []
     for rep in range(1 + ctx.args.repeats):  # the first is a warm-up
         module = fresh_copy(template)
         ev = make_trainer(ctx, cfg)
         start = time.perf_counter()
-        ev.test(module, datamodule=dm, verbose=False)
+        getattr(ev, stage)(module, datamodule=dm, verbose=False)
         if rep:
             times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_platform_test(ctx: Context, scale: str, backend: str) -> dict:
+    cfg, dm, template = make_run(ctx, scale, [f"eval.backend={backend}"])
+    users = len(dm.data.eval_sets["test"].users)
+    times = timed_evaluations(ctx, cfg, dm, template, "test")
     sec = statistics.median(times)
     return {"backend": backend, "users": users, "items": dm.data.num_items, "seconds": sec,
             "scores_per_s": users * dm.data.num_items / sec, "seconds_all": times}  # fmt: skip
+
+
+def bench_platform_validate(ctx: Context, scale: str, overrides: list[str]) -> dict:
+    """``trainer.validate`` of an untrained module: with the default popularity prior, every
+    candidate weight ranks the validation users (the weight search); without, one ranking."""
+    cfg, dm, template = make_run(ctx, scale, overrides)
+    search = template.weight_search
+    times = timed_evaluations(ctx, cfg, dm, template, "validate")
+    return {"users": len(dm.data.eval_sets["val"].users), "items": dm.data.num_items,
+            "rankings": len(search.candidates) if search is not None else 1,
+            "seconds": statistics.median(times), "seconds_all": times}  # fmt: skip
 
 
 def section_eval(ctx: Context) -> dict:
@@ -63,6 +81,10 @@ def section_eval(ctx: Context) -> dict:
         for backend in ("torch", "faiss"):
             progress(f"  eval ml100k: trainer.test, eval.backend={backend}")
             out["ml100k"][backend] = bench_platform_test(ctx, "ml100k", backend)
+        out["ml100k_validate"] = {}
+        for label, overrides in (("prior weights searched (default)", []), ("no prior", ["model.popularity_prior=null"])):
+            progress(f"  eval ml100k: trainer.validate, {label}")
+            out["ml100k_validate"][label] = bench_platform_validate(ctx, "ml100k", overrides)
         ctx.results["eval"] = out
     if "synthetic" in ctx.args.scale:
         params = eval_vector_params(ctx)
@@ -88,6 +110,11 @@ def print_eval(res: dict) -> None:
         rows = [[b, r["users"], r["items"], fmt(r["seconds"], ".4f"), fmt(r["scores_per_s"])] for b, r in res["ml100k"].items()]
         print(table("eval [ml100k]: trainer.test (full ranking of the catalogue, masking, top 100, all metrics), untrained "
                     "default two-tower model", ["eval.backend", "users", "items", "wall s", "scores/s"], rows))  # fmt: skip
+    if "ml100k_validate" in res:
+        rows = [[label, r["users"], r["items"], r["rankings"], fmt(r["seconds"], ".4f")] for label, r in res["ml100k_validate"].items()]
+        print(table("eval [ml100k]: trainer.validate, untrained default two-tower model: the popularity prior's weight "
+                    "search ranks the validation users once per candidate weight", ["popularity prior", "users", "items",
+                    "rankings", "wall s"], rows))  # fmt: skip
     if "synthetic" in res:
         s = res["synthetic"]["settings"]
         rows = []

@@ -1,7 +1,8 @@
 """An independent evaluation of a trained run, for end-to-end tests to compare the run's own
 test metrics with: the run's best checkpoint rebuilt, every test user scored with every
-item, seen items removed from a full sort, and Recall@K / NDCG@K written out user by user
-(the definitions in twotower.metrics). Nothing of the module's ranking or metric code."""
+item (plus the popularity prior, recounted here), seen items removed from a full sort, and
+Recall@K / NDCG@K written out user by user (the definitions in twotower.metrics). Nothing of
+the module's ranking, prior or metric code."""
 
 from __future__ import annotations
 
@@ -15,23 +16,29 @@ import torch
 from twotower.restore import load_run
 
 
-def brute_force_test_metrics(run_dir: str | Path, k: int) -> dict[str, float]:
+def brute_force_test_metrics(run_dir: str | Path, k: int, split: str = "test") -> dict[str, float]:
     """``{"test/recall@K": ..., "test/ndcg@K": ...}`` over the test users the run evaluated:
-    all of them, or the first ``limit_test_batches`` chunks of users when the run was limited."""
+    all of them, or the first ``limit_test_batches`` chunks of users when the run was limited
+    (``split="val"``: the best checkpoint's validation, every validation user)."""
     _, run, _ = load_run(run_dir)
     data, dm = run.data, run.datamodule
-    es = data.eval_sets["test"]
+    es = data.eval_sets[split]
     count = len(es.users)
     limit = run.cfg.trainer.get("limit_test_batches")
-    if isinstance(limit, int) and not isinstance(limit, bool):
+    if split == "test" and isinstance(limit, int) and not isinstance(limit, bool):
         count = min(count, limit * dm.test_dataloader().dataset.chunk)
     with torch.no_grad():
         items = run.model.encode_items(dm.packed("item").gather(torch.arange(data.num_items)))
+    prior = run.module.popularity_prior
+    log_prior = None if prior is None else independent_log_prior(data, prior.half_life_days, split)
     recalls, ndcgs = [], []
     for start in range(0, count, 256):  # bounded [256, N] scores
         users = es.users[start : min(start + 256, count)]
         with torch.no_grad():
             scores = run.model.score_matrix(run.model.encode_users(dm.packed("user").gather(users)), items).double().numpy()
+        if prior is not None:
+            weight = np.where(es.warm[start : start + len(users)].numpy(), prior.warm_weight, prior.cold_weight)
+            scores = scores + weight[:, None] * log_prior[None, :]
         for row, u in enumerate(range(start, start + len(users))):
             targets = set(es.target_items[es.target_ptr[u] : es.target_ptr[u + 1]].tolist())
             seen = set(es.seen_items[es.seen_ptr[u] : es.seen_ptr[u + 1]].tolist())
@@ -41,7 +48,20 @@ def brute_force_test_metrics(run_dir: str | Path, k: int) -> dict[str, float]:
             dcg = sum(1 / math.log2(r + 2) for r, hit in enumerate(hits) if hit)
             ideal = sum(1 / math.log2(r + 2) for r in range(min(len(targets), k)))
             ndcgs.append(dcg / ideal)
-    return {f"test/recall@{k}": sum(recalls) / count, f"test/ndcg@{k}": sum(ndcgs) / count}
+    return {f"{split}/recall@{k}": sum(recalls) / count, f"{split}/ndcg@{k}": sum(ndcgs) / count}
+
+
+def independent_log_prior(data, half_life_days: float | None, split: str = "test") -> np.ndarray:
+    """``[N]`` log(1 + clicks before ``split``'s period), each click weighted 0.5 per half-life of age."""
+    parts = [data.splits[name].positives() for name in (("train", "val") if split == "test" else ("train",))]
+    items = np.concatenate([p.item.numpy() for p in parts])
+    weight = np.ones(len(items))
+    if half_life_days is not None:
+        times = np.concatenate([p.time.numpy() for p in parts])
+        weight = 0.5 ** ((times.max() - times) / (half_life_days * 86_400))
+    counts = np.zeros(data.num_items)
+    np.add.at(counts, items, weight)
+    return np.log1p(counts)
 
 
 def assert_matches_brute_force(metrics: dict[str, float], run_dir: str | Path, k: int = 10) -> None:

@@ -348,6 +348,14 @@ def test_checkpoint_version_that_is_not_one_is_refused(trained, tmp_path):
         load_run(path)
 
 
+def test_checkpoint_prior_weights_that_are_not_two_numbers_are_refused(trained, tmp_path):
+    for weights, expected in [(["x", 1.0], "model.popularity_prior.warm_weight='x': expected a number >= 0"),
+                              ([1.0], r"twotower_prior_weights=\[1.0\]: expected \[warm weight, cold weight\]")]:  # fmt: skip
+        path = save_modified(trained, tmp_path, lambda c, w=weights: c.update(twotower_prior_weights=w))
+        with pytest.raises(CheckpointError, match=expected):
+            load_run(path)
+
+
 def test_checkpoint_from_an_older_twotower_loads(trained, tmp_path):
     path = save_modified(trained, tmp_path, lambda c: c.update(twotower_version="0.0.1"))
     assert load_run(path)[0] == path
@@ -382,6 +390,30 @@ def test_export_file_that_is_not_json_is_refused(exported, tmp_path):
     rehash(broken)
     with pytest.raises(ExportError, match=r"user_ids\.json: not valid JSON"):
         Retriever(broken).recommend(["1"], k=2)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("popularity_prior.json", '{"warm_weight": 1, "cold_weight": -2, "half_life_days": 14}', r"popularity_prior\.json: not a popularity prior \(model\.popularity_prior\.cold_weight=-2: expected a number >= 0\)"),
+        ("popularity_prior.json", '{"warm_weight": 1, "cold_weight": 2, "import": "os"}', r"popularity_prior\.json: not a popularity prior \(.*unexpected keyword"),
+        ("popularity_prior.json", '[1, 2]', r"popularity_prior\.json: not a popularity prior \(not an object\)"),
+        ("user_warm.npy", None, r"user_warm\.npy: 3 flags for \d+ user ids; expected one per user"),
+    ],
+    ids=["negative_weight", "unknown_key", "not_an_object", "short_warm_flags"],
+)
+def test_a_bad_popularity_prior_in_an_export_is_refused_by_name(exported, tmp_path, name, content, message):
+    import numpy as np
+
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    if content is None:
+        np.save(broken / name, np.array([True, False, True]))
+    else:
+        (broken / name).write_text(content)
+    rehash(broken)  # an edit made on purpose: past the checksums, the values themselves are checked
+    with pytest.raises(ExportError, match=message):
+        Retriever(broken)
 
 
 def rehash(export_dir: Path) -> None:

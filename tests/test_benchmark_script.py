@@ -43,6 +43,8 @@ def test_quick_benchmark_runs_every_in_process_section(tmp_path):
     evaluation = results["eval"]["ml100k"]["torch"]
     assert (evaluation["users"], evaluation["items"]) == (153, 1682)  # the temporal split's test users, the catalogue
     assert evaluation["scores_per_s"] == pytest.approx(153 * 1682 / evaluation["seconds"], rel=1e-9)
+    validate = results["eval"]["ml100k_validate"]  # 186 validation users; six candidate weights, or one ranking
+    assert [(r["users"], r["rankings"]) for r in validate.values()] == [(186, 6), (186, 1)]
     loop = results["loop"]["ml100k"]["in_batch"]
     assert loop["ratio_a"] == pytest.approx(loop["lightning_a_step_ms"] / loop["hand_a_step_ms"], rel=1e-9)
     assert loop["loss_check"]["abs_diff"] < 1e-5  # Lightning's forward and the hand-written one agree

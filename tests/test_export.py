@@ -14,6 +14,7 @@ from twotower.index import ItemIndex
 from twotower.restore import load_run
 from twotower.retrieval import load_user_tower
 from twotower.training import train
+from brute_force import independent_log_prior
 
 TINY = [
     "debug=fast",
@@ -66,15 +67,24 @@ def test_exported_user_tower_matches_training_model(run_dir, export_dir):
     assert json.loads((export_dir / "user_ids.json").read_text()) == dm.data.user_ids.tolist()
 
 
-def test_exact_index_equals_brute_force(export_dir):
+def test_exact_index_equals_brute_force(run_dir, export_dir):
+    """The index ranks by the model's score plus its popularity prior (recounted here)."""
     tower = load_user_tower(export_dir)
     features = torch.load(export_dir / "user_features.pt", weights_only=True)
     with torch.no_grad():
         users = tower({k: v[:50] for k, v in features.items()}).numpy()
     items = np.load(export_dir / "item_vectors.npy")
+    _, run, _ = load_run(run_dir)
+    prior = run.module.popularity_prior
+    assert json.loads((export_dir / "popularity_prior.json").read_text()) == {
+        "warm_weight": prior.warm_weight, "cold_weight": prior.cold_weight, "half_life_days": prior.half_life_days}  # fmt: skip
+    warm = np.load(export_dir / "user_warm.npy")[:50]
+    assert warm.tolist() == [u in set(run.data.splits["train"].user.tolist()) for u in range(50)]
+    weights = np.where(warm, prior.warm_weight, prior.cold_weight).astype(np.float32)
+    log_prior = independent_log_prior(run.data, prior.half_life_days).astype(np.float32)
     index = ItemIndex.load(export_dir / "index")
-    scores, _, positions = index.search(users, 10)
-    brute = torch.topk(torch.from_numpy(users @ items.T), 10, dim=1)
+    scores, _, positions = index.search(np.concatenate([users, weights[:, None]], axis=1), 10)
+    brute = torch.topk(torch.from_numpy(users @ items.T + weights[:, None] * log_prior[None, :]), 10, dim=1)
     np.testing.assert_allclose(scores, brute.values.numpy(), rtol=1e-5, atol=1e-6)
     assert np.array_equal(positions, brute.indices.numpy())
 

@@ -13,7 +13,8 @@ import twotower
 # 7: the one build path; 8-9: recipes and commands.
 LAYERS = {
     0: {"twotower", "errors", "launch", "fsutil", "integrity", "cli", "wandb_runs", "metric_names"},
-    1: {"frequency", "metrics", "topk", "step_memory", "optim", "distributed", "index", "artifacts", "config", "report", "compare"},
+    1: {"frequency", "metrics", "topk", "step_memory", "optim", "distributed", "index", "artifacts", "config", "report", "compare",
+        "per_user", "significance", "compare_significance", "prior"},
     2: {"samplers", "losses", "checkpoints", "loggers", "runs"},
     3: {"data"},
     4: {"models"},

@@ -179,12 +179,12 @@ def test_ranking_accumulator_single_group_has_no_warm_cold_keys():
     assert not any("warm" in key or "cold" in key for key in out)
 
 
-def test_popularity_metrics_match_a_dense_ranking_by_count():
+def test_popularity_ranking_matches_a_dense_ranking_by_count():
     """The baseline without a score matrix equals ranking every item by its training count
     (distinct counts: no ties), seen items removed, by hand and on a random case."""
     from types import SimpleNamespace
 
-    from twotower.metrics import popularity_metrics
+    from twotower.metrics import popularity_ranking
     from twotower.topk import rank_and_match
 
     # By hand: counts make the order 2, 0, 3, 1, 4. User 0 has seen 2 -> top-2 is [0, 3];
@@ -192,9 +192,13 @@ def test_popularity_metrics_match_a_dense_ranking_by_count():
     counts = torch.tensor([5.0, 2.0, 9.0, 4.0, 1.0])
     batch = SimpleNamespace(warm=torch.tensor([True, False]), seen_rows=torch.tensor([0]), seen_items=torch.tensor([2]),
                             target_rows=torch.tensor([0, 1]), target_items=torch.tensor([3, 1]))  # fmt: skip
-    out = popularity_metrics(counts, [batch], [2], "test")
+    ranking = popularity_ranking(counts, [batch], [2])
+    out = ranking.compute("test")
     assert out["test/recall@2"] == pytest.approx(0.5) and out["test/hit_rate@2"] == pytest.approx(0.5)
     assert out["test/ndcg@2"] == pytest.approx((1 / math.log2(3)) / 1 / 2)
+    per_user = ranking.per_user("test")  # what significance tests pair: each user's value, in order
+    assert per_user["test/recall@2"].tolist() == [1.0, 0.0] and per_user["warm"].tolist() == [True, False]
+    assert per_user["test/ndcg@2"].tolist() == pytest.approx([1 / math.log2(3), 0.0])
     assert out["test/warm/recall@2"] == 1.0 and out["test/cold/recall@2"] == 0.0
     assert out["test/mean_popularity@2"] == pytest.approx((5 + 4 + 9 + 5) / 4)
 
@@ -208,7 +212,7 @@ def test_popularity_metrics_match_a_dense_ranking_by_count():
     target_rows, target_items = target.nonzero(as_tuple=True)
     batch = SimpleNamespace(warm=torch.arange(users) % 3 > 0, seen_rows=seen_rows, seen_items=seen_items,
                             target_rows=target_rows, target_items=target_items)  # fmt: skip
-    got = popularity_metrics(counts, [batch], ks, "test")
+    got = popularity_ranking(counts, [batch], ks).compute("test")
     accumulator = RankingAccumulator(ks, counts)
     topk, hits, num_targets = rank_and_match(counts.expand(users, -1).clone(), seen_rows, seen_items, target_rows, target_items, max(ks))
     accumulator.add(topk, hits, num_targets, batch.warm, target_rows, target_items)

@@ -82,6 +82,9 @@ CONFIG_CASES = {
     "monitor_val_loss": (["eval.monitor=val/loss"], ["eval.monitor=val/loss: not a metric logged at validation"]),
     "monitor_train_loss": (["eval.monitor=train/loss"], ["eval.monitor=train/loss: not a metric logged at validation"]),
     "monitor_wrong_mode": (["eval.mode=min"], ["expected eval.mode=max"]),
+    "prior_negative_weight": (["model.popularity_prior.cold_weight=-1"], ["model.popularity_prior.cold_weight=-1: expected a number >= 0"]),
+    "prior_on_early_fusion": (["model=early_fusion", "+model.popularity_prior.warm_weight=1", "+model.popularity_prior.cold_weight=1"],
+                              ["model.popularity_prior is set for model early_fusion: expected a two-tower model"]),
     # Sweeps: a value every job shares is refused before the sweep folder exists; a misspelled swept
     # key when Hydra composes the first job, and the sweep folder it had created is removed.
     "sweep_shared_bad_value": (["-m", "seed=abc", "loss.temperature=0.1,0.2"], ["seed=abc: expected an integer"]),

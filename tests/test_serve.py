@@ -22,6 +22,7 @@ from twotower.config import compose_config
 from twotower.export import export_main
 from twotower.restore import load_run
 from twotower.training import train
+from brute_force import independent_log_prior
 from conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -88,11 +89,23 @@ def reference(trained):
         with torch.no_grad():
             return run.model.encode_users(dm.packed("user").gather(torch.tensor([row]))).numpy()[0]
 
-    def top(vector: np.ndarray, k: int, exclude: set) -> list:
-        order = [i for i in np.argsort(-(items @ vector), kind="stable").tolist() if i not in exclude]
+    # The popularity prior, recounted here: known users with training data get its warm weight,
+    # the others (and new users) its cold one.
+    prior = run.module.popularity_prior
+    log_prior = independent_log_prior(data, prior.half_life_days) if prior is not None else np.zeros(data.num_items)
+    warm = {str(data.user_ids[u]) for u in data.splits["train"].user.tolist()}
+
+    def weight(user_id: str | None) -> float:
+        return 0.0 if prior is None else (prior.warm_weight if user_id in warm else prior.cold_weight)
+
+    def top(vector: np.ndarray, k: int, exclude: set, weight: float = 0.0) -> list:
+        scores = items.astype(np.float64) @ vector + weight * log_prior
+        order = [i for i in np.argsort(-scores, kind="stable").tolist() if i not in exclude]
         return [data.item_ids[i].item() for i in order[:k]]
 
-    return {"items": items, "seen": seen, "user_vector": user_vector, "top": top, "data": data, "run": run}
+    cold = next(str(u) for u in data.user_ids if str(u) not in warm)
+    return {"items": items, "seen": seen, "user_vector": user_vector, "top": top, "data": data, "run": run,
+            "weight": weight, "cold_user": cold}  # fmt: skip
 
 
 def post(url: str, path: str, body) -> httpx.Response:
@@ -105,12 +118,14 @@ def ids(response: httpx.Response) -> list:
 
 
 def test_recommend_is_the_exact_top_k_without_the_users_training_items(server, reference):
-    for user in ("1", "13", "405"):
-        expected = reference["top"](reference["user_vector"](user), K, reference["seen"][user])
+    assert reference["run"].module.popularity_prior is not None  # the default model ranks with its prior
+    for user in ("1", "13", "405", reference["cold_user"]):
+        weight = reference["weight"](user)
+        expected = reference["top"](reference["user_vector"](user), K, reference["seen"].get(user, set()), weight)
         assert ids(post(server, "/recommend", {"user_id": user, "k": K})) == expected
         # The same user as a number, and with its training items kept.
         assert ids(post(server, "/recommend", {"user_id": int(user), "k": K})) == expected
-        kept = reference["top"](reference["user_vector"](user), K, set())
+        kept = reference["top"](reference["user_vector"](user), K, set(), weight)
         assert ids(post(server, "/recommend", {"user_id": user, "k": K, "exclude_seen": False})) == kept
 
 
@@ -135,7 +150,7 @@ def test_a_new_user_is_encoded_from_the_features_given(server, reference):
         vector = run.model.encode_users(features).numpy()[0]
     body = {"features": {"age": 24, "gender": "M", "occupation": "technician", "zip_prefix": "85"}, "k": K}
     response = post(server, "/recommend", body)
-    assert ids(response) == reference["top"](vector, K, set()) and response.json()["new_user"] is True
+    assert ids(response) == reference["top"](vector, K, set(), reference["weight"](None)) and response.json()["new_user"] is True
     # An unknown id with features is a new user too.
     assert ids(post(server, "/recommend", {**body, "user_id": "somebody-new"})) == ids(response)
 
@@ -240,4 +255,4 @@ def test_the_retrieve_command_leaves_seen_items_out_unless_asked(trained, refere
     default, kept = printed_ids(), printed_ids("--include-seen")
     assert len(default) == 100 and not any(item_row[i] in seen for i in default)
     assert sum(item_row[i] in seen for i in kept) > 10
-    assert default == reference["top"](reference["user_vector"]("13"), 100, seen)
+    assert default == reference["top"](reference["user_vector"]("13"), 100, seen, reference["weight"]("13"))

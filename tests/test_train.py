@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from twotower.config import CONFIG_DIR, ConfigError, compose_config
+from twotower.per_user import read_per_user
 from twotower.training import train
-from brute_force import assert_matches_brute_force
+from brute_force import assert_matches_brute_force, brute_force_test_metrics
 from conftest import TINY
 
 GROUPS = {
@@ -137,6 +138,18 @@ def test_tiny_two_tower_run_end_to_end(tmp_path, tiny_overrides):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test/recall@10"] == pytest.approx(metrics["test/recall@10"])
     assert saved["popularity/test/recall@10"] == pytest.approx(0.0716, abs=1e-4)  # the figure on this split
+    # Each test user's metrics, for twotower-compare's paired tests: their means are the results.
+    per_user = read_per_user(tmp_path / "per_user.npz")
+    assert len(per_user.users) == saved["test/num_users"] and per_user.warm.sum() == saved["test/num_warm_users"]
+    for name in ("test/recall@10", "test/ndcg@50", "popularity/test/recall@10", "popularity/test/mrr@20"):
+        assert per_user.metrics[name].mean() == pytest.approx(saved[name], abs=1e-6)
+    assert per_user.metrics["test/recall@10"][~per_user.warm].mean() == pytest.approx(saved["test/cold/recall@10"], abs=1e-6)
+    # The popularity prior's weights, chosen on validation (candidates 0 ... 30), kept by the
+    # checkpoint and used for test; the validation metric is that of the chosen weights.
+    ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    assert ckpt["twotower_prior_weights"] == [saved["test/prior/warm_weight"], saved["test/prior/cold_weight"]]
+    assert set(ckpt["twotower_prior_weights"]) <= {0.0, 0.3, 1.0, 3.0, 10.0, 30.0}
+    assert saved["best/val/ndcg@20"] == pytest.approx(brute_force_test_metrics(tmp_path, 20, "val")["val/ndcg@20"], abs=1e-6)
     features = json.loads((tmp_path / "features.json").read_text())
     assert [f["name"] for f in features["user"]] == ["user_id", "age", "gender", "occupation", "zip_prefix"]
     assert "seed: 3" in (tmp_path / "config.yaml").read_text()

@@ -2,7 +2,8 @@
 
 Finds the run directories (``config.yaml``, ``results.json``, ``csv/metrics.csv``, ``status.json``),
 groups runs by the config values that differ between them (a "configuration"; seeds and bookkeeping
-ignored), aggregates metrics over seeds and writes a markdown table, a CSV file and two plots."""
+ignored), aggregates metrics over seeds and writes a markdown table, a CSV file and two plots; with
+``--baseline``, tests each configuration against that one (:mod:`twotower.compare_significance`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
+from twotower import compare_significance
 
 DEFAULT_METRICS = ["test/recall@10", "test/recall@50", "test/ndcg@10"]
 DURATION = "duration_s"  # training time, from status.json
@@ -222,23 +225,60 @@ def val_curve(run: Run, metric: str) -> pd.Series:
     return df.dropna(subset=[metric]).groupby("epoch")[metric].mean()
 
 
+def configuration_labels(groups: Groups, keys: list[str]) -> dict[tuple, str]:
+    """Each configuration's label, ``name=value, ...`` with short names, keys it does not have
+    left out (``all runs`` when nothing varies)."""
+    names = short_names(keys)
+    return {values: ", ".join(f"{names[k]}={v}" for k, v in zip(keys, values) if v != MISSING) or "all runs" for values in groups}
+
+
+def find_baseline(spec: str, groups: Groups, keys: list[str]) -> tuple | str:
+    """The configuration ``--baseline`` names: ``popularity`` (each run's own reference), a run
+    or sweep directory (the one configuration of the runs under it), or ``key=value[,key=value]``
+    (keys by full or short name). Raises ValueError unless exactly one configuration matches."""
+    labels = configuration_labels(groups, keys)
+    if spec == compare_significance.REFERENCE:
+        return spec
+    if Path(spec).exists():
+        where = Path(spec).resolve()
+        found = [v for v, runs in groups.items() if any(r.path == where or where in r.path.parents for r in runs)]
+    else:
+        wanted = {}
+        for pair in re.split(r",(?=[^,=\[\]]+=)", spec):
+            key, sep, value = (part.strip() for part in pair.partition("="))
+            matching = [i for i, k in enumerate(keys) if k == key or k.endswith("." + key)]
+            if len(matching) != 1 or not sep:
+                raise ValueError(f"--baseline {spec}: {pair.strip()!r} names no varying key once; expected key=value with "
+                                 f"one of: {', '.join(keys) or '(nothing varies)'}")  # fmt: skip
+            wanted[matching[0]] = value
+        found = [v for v in groups if all(v[i] == value for i, value in wanted.items())]
+    if len(found) != 1:
+        raise ValueError(f"--baseline {spec}: matches {len(found)} configurations; expected one of: "
+                         f"{'; '.join(labels.values())}; or {compare_significance.REFERENCE} (each run's own reference)")  # fmt: skip
+    return found[0]
+
+
 def mean_lines(groups: Groups, keys: list[str], per_run) -> dict[str, pd.DataFrame]:
     """Per configuration (labelled ``name=value, ...``), the ``mean`` and sample ``std`` (NaN for
     one run) over its runs of ``per_run(run)``, indexed by x."""
-    names, lines = short_names(keys), {}
+    labels, lines = configuration_labels(groups, keys), {}
     for values, runs in groups.items():
         series = [s for s in map(per_run, runs) if len(s)]
         if series:
-            label = ", ".join(f"{names[k]}={v}" for k, v in zip(keys, values)) or "all runs"
+            label = labels[values]
             joined = pd.concat(series, axis=1)
             lines[label] = pd.DataFrame({"mean": joined.mean(axis=1), "std": joined.std(axis=1, ddof=1)}).sort_index()
     return lines
 
 
 def compare(paths: list[Path], out: Path, metrics: list[str] | None = None, sort: str | None = None,
-            curve_metric: str = "val/ndcg@20") -> tuple[str, list[Path]]:
+            curve_metric: str = "val/ndcg@20", baseline: str | None = None, test: str = "t",
+            alpha: float = 0.05) -> tuple[str, list[Path]]:
     """Write the report on the runs under ``paths`` into ``out``; return the markdown and the files written.
-    Raises FileNotFoundError (missing path, no completed run) or ValueError (``sort`` not in ``metrics``)."""
+    With ``baseline`` (see :func:`find_baseline`), also the significance of each configuration's
+    difference from it (``test``: ``t`` or ``wilcoxon`` over users; ``alpha``: the level).
+    Raises FileNotFoundError (missing path, no completed run) or ValueError (``sort`` not in
+    ``metrics``, a baseline that names no configuration, a broken per-user file)."""
     dirs: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -267,14 +307,44 @@ def compare(paths: list[Path], out: Path, metrics: list[str] | None = None, sort
     table = summarize(unordered, keys, metrics, sort)
     groups = {v: unordered[v] for v in table.iloc[:, : len(keys)].itertuples(index=False, name=None)}
     markdown = to_markdown(table, metrics, failed)
+    significance = None
+    if baseline is not None:
+        significance, section = significance_of(groups, keys, baseline, metrics, test, alpha)
+        markdown += "\n" + section
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(markdown)
     table.to_csv(out / "comparison.csv", index=False)
+    written = [out / "comparison.md", out / "comparison.csv"]
+    if significance is not None:
+        significance.to_csv(out / "significance.csv", index=False)
+        written.append(out / "significance.csv")
     recall = plot_lines(mean_lines(groups, keys, recall_at_k), out / "recall_at_k.png",
                         xlabel="K", ylabel="test Recall@K (mean ± std over seeds)", title="Recall@K")
     curve = plot_lines(mean_lines(groups, keys, lambda r: val_curve(r, curve_metric)), out / "val_curve.png",
                        xlabel="epoch", ylabel=f"{curve_metric} (mean ± std over seeds)", title=curve_metric)
-    return markdown, [out / "comparison.md", out / "comparison.csv", recall, curve]
+    return markdown, [*written, recall, curve]
+
+
+def significance_of(groups: Groups, keys: list[str], baseline: str, metrics: list[str], test: str,
+                    alpha: float) -> tuple[pd.DataFrame, str]:
+    """The significance table against ``baseline`` and its markdown section (checked before any file is written)."""
+    if test not in compare_significance.TESTS:
+        raise ValueError(f"--test {test}: expected one of {', '.join(compare_significance.TESTS)}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"--alpha {alpha}: expected a level between 0 and 1, e.g. 0.05")
+    tested = [m for m in metrics if compare_significance.testable(m)]
+    if not tested:
+        raise ValueError(f"--baseline: none of the metrics ({', '.join(metrics)}) is a per-user ranking metric; "
+                         "expected test/<metric>@K or test/<warm|cold>/<metric>@K in --metrics")  # fmt: skip
+    chosen = find_baseline(baseline, groups, keys)
+    labels = configuration_labels(groups, keys)
+    if chosen != compare_significance.REFERENCE and len(groups) < 2:
+        raise ValueError(f"--baseline {baseline}: one configuration only, nothing to compare it with; expected runs of "
+                         f"two or more configurations, or --baseline {compare_significance.REFERENCE}")  # fmt: skip
+    label = labels.get(chosen, chosen)
+    configurations = {labels[v]: runs for v, runs in groups.items()}
+    table, notes = compare_significance.significance_table(configurations, label, tested, test, alpha)
+    return table, compare_significance.to_markdown(table, notes, label, test, alpha)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,11 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sort", help="metric to sort by, descending (default: the first metric)")
     parser.add_argument("--curve-metric", default="val/ndcg@20", help="metric of val_curve.png (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="output directory (default: <first dir>/comparison)")
+    parser.add_argument("--baseline", help="test every configuration against this one: key=value[,key=value] "
+                        "(e.g. loss=listwise), a run directory, or 'popularity' (each run's own popularity reference)")
+    parser.add_argument("--test", default="t", choices=sorted(compare_significance.TESTS),
+                        help="paired test over users (default: %(default)s; wilcoxon: signed-rank)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm's correction (default: %(default)s)")
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:
         markdown, written = compare(args.dirs, args.out or args.dirs[0] / "comparison", metrics,
-                                    args.sort, args.curve_metric)
+                                    args.sort, args.curve_metric, args.baseline, args.test, args.alpha)
     except (FileNotFoundError, ValueError) as e:
         print(f"twotower-compare: error: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@ Console scripts:
 
 - ``twotower-export RUN [--out DIR] [--index exact|hnsw|ivfpq] [--ckpt best|last]``:
   item vectors + an :class:`ItemIndex`, the user tower (weights and constructor
-  arguments), the encoded user features, and the index's quality against exact search.
+  arguments), the encoded user features, the model's popularity prior (indexed with the
+  items; :mod:`twotower.prior`), and the index's quality against exact search.
 - ``twotower-retrieve EXPORT --user ID [--user ID ...] [-k 10]``: top-k items for
   known users, from the exported files only (no config, no checkpoint).
 
@@ -21,6 +22,7 @@ import os
 import shutil
 import sys
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,8 @@ from twotower.integrity import folder_digests
 from twotower.index import ItemIndex, ann_quality
 from twotower.models import Tower, TwoTowerModel, require_factorized
 from twotower.models.tower import select_features
-from twotower.retrieval import CHECKSUMS, INDEX_DIR, SEEN_FILES, Retriever, encode
+from twotower.prior import append_column
+from twotower.retrieval import CHECKSUMS, INDEX_DIR, PRIOR_FILE, SEEN_FILES, USER_WARM_FILE, Retriever, encode
 
 TOWER_ARGS = {"embedding_dim": 32, "mlp": [128, 64], "dropout": 0.0, "normalize": True}  # TwoTowerModel defaults
 
@@ -54,6 +57,13 @@ def seen_items_csr(data) -> tuple[np.ndarray, np.ndarray]:
     keys = np.unique(users.astype(np.int64) * data.num_items + items)  # sorted by user, then item; no repeats
     counts = np.bincount(keys // data.num_items, minlength=data.num_users)
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), (keys % data.num_items).astype(np.int32)
+
+
+def user_warm_flags(data) -> np.ndarray:
+    """``[U]`` bool: the user has training interactions (served with the prior's warm weight)."""
+    warm = np.zeros(data.num_users, dtype=bool)
+    warm[data.splits["train"].user.numpy()] = True
+    return warm
 
 
 def _write_json(path: Path, value) -> None:
@@ -79,10 +89,17 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
     target = Path(out) if out is not None else run_dir_of(ckpt_path) / "export"
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-    items = encode(model.item_tower, data.item_features, data.num_items).numpy()  # [N, D]
-    users = encode(model.user_tower, data.user_features, data.num_users).numpy()  # [U, D]
+    items = encode(model.item_tower, data.item_features, data.num_items)  # [N, D]
+    users = encode(model.user_tower, data.user_features, data.num_users)  # [U, D]
+    user_warm = user_warm_flags(data)
+    prior = run.module.popularity_prior
+    indexed, queries = items, users
+    if prior is not None:  # the index ranks by score + prior: [v, log(1 + c)] . [u, w] (twotower.prior)
+        indexed = append_column(items, prior.item_log_prior(*data.clicks_before("test"), data.num_items))
+        queries = append_column(users, prior.user_weights(torch.as_tensor(user_warm)))
+    items, indexed, queries = items.numpy(), indexed.numpy(), queries.numpy()
     item_ids, user_ids = data.item_ids.tolist(), data.user_ids.tolist()
-    item_index = ItemIndex(items, item_ids, {"kind": index, **(index_params or {})})
+    item_index = ItemIndex(indexed, item_ids, {"kind": index, **(index_params or {})})
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -102,10 +119,12 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
         seen_ptr, seen_items = seen_items_csr(data)
         np.save(tmp / SEEN_FILES[0], seen_ptr)
         np.save(tmp / SEEN_FILES[1], seen_items)
+        np.save(tmp / USER_WARM_FILE, user_warm)
+        _write_json(tmp / PRIOR_FILE, None if prior is None else asdict(prior))
         _write_json(tmp / "features.json", ckpt["twotower_features"])
         rng = np.random.default_rng(seed)
-        sample = rng.choice(len(users), size=min(1000, len(users)), replace=False)
-        quality = ann_quality(item_index, items, users[np.sort(sample)], min(100, len(items)))
+        sample = rng.choice(len(queries), size=min(1000, len(queries)), replace=False)
+        quality = ann_quality(item_index, indexed, queries[np.sort(sample)], min(100, len(items)))
         _write_json(tmp / "ann_quality.json", {"index": item_index.config, **quality})
         _write_json(tmp / CHECKSUMS, folder_digests(tmp))
         swap_in(tmp, target)

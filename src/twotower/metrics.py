@@ -110,6 +110,13 @@ class RankingAccumulator:
             self.popularity[k] += float(self.item_counts[top].sum())
         self.num_users += len(topk_items)
 
+    def per_user(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Each user's metrics, in the order the users were added: ``{f"{prefix}/recall@10": [U], ...}``
+        (float) and ``"warm"`` ``[U]`` (bool): what significance tests pair across runs."""
+        if self.num_users == 0:
+            return {}
+        return {**{f"{prefix}/{name}": torch.cat(chunks) for name, chunks in self.values.items()}, "warm": torch.cat(self.warm)}
+
     def compute(self, prefix: str) -> dict[str, float]:
         if self.num_users == 0:
             return {}
@@ -143,11 +150,11 @@ class RankingAccumulator:
         return out
 
 
-def popularity_metrics(item_counts: torch.Tensor, batches, ks: list[int], prefix: str, bands: tuple[float, float] = BANDS) -> dict[str, float]:
+def popularity_ranking(item_counts: torch.Tensor, batches, ks: list[int], bands: tuple[float, float] = BANDS) -> RankingAccumulator:
     """The most-popular baseline on the same evaluation batches (``EvalBatch``-like: ``warm``,
     ``seen_rows`` / ``seen_items``, ``target_rows`` / ``target_items``): every user gets the
     items with the most training positives, its seen items removed, ties broken by item
-    index; the metrics as :class:`RankingAccumulator` computes them for a model.
+    index; accumulated as :class:`RankingAccumulator` accumulates a model's rankings.
 
     Without a ``[U, N]`` score matrix: a chunk's users take their top-K from the first
     ``K + (most items any of them has seen)`` items of the one global order."""
@@ -171,4 +178,4 @@ def popularity_metrics(item_counts: torch.Tensor, batches, ks: list[int], prefix
         topk_items = order[:width][columns]
         hits, num_targets = match_targets(topk_items, batch.target_rows, batch.target_items, len(order))
         accumulator.add(topk_items, hits, num_targets, batch.warm, batch.target_rows, batch.target_items)
-    return accumulator.compute(prefix)
+    return accumulator

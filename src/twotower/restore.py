@@ -58,5 +58,9 @@ def load_run(path: str | os.PathLike, which: str = "best") -> tuple[Path, Run, d
         raise CheckpointError(f"{ckpt_path}: the data prepared from the saved config fits other features than the checkpoint's; has the data changed?")
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     load_weights(ckpt_path, run.model, state, name)
+    try:
+        run.module.load_prior_weights(ckpt)
+    except ValueError as err:
+        raise CheckpointError(f"{ckpt_path}: {err}") from None
     run.model.eval()
     return ckpt_path, run, ckpt

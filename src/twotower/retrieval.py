@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,14 @@ from twotower.index import FILES as INDEX_FILES
 from twotower.index import MANIFEST_FILE, ItemIndex
 from twotower.integrity import file_digest
 from twotower.models import Tower
+from twotower.prior import PopularityPrior, append_column
 
 INDEX_DIR = "index"
 SEEN_FILES = ("seen_ptr.npy", "seen_items.npy")  # each user's training items, CSR over user_ids.json
+PRIOR_FILE = "popularity_prior.json"  # the model's popularity prior (twotower.prior), or null
+USER_WARM_FILE = "user_warm.npy"  # [U] bool over user_ids.json: the user has training data
 EXPORT_FILES = ("item_vectors.npy", "item_ids.json", "user_tower.pt", "user_tower.json", "user_features.pt",
-                "user_ids.json", "features.json", "ann_quality.json", *SEEN_FILES)  # fmt: skip
+                "user_ids.json", "features.json", "ann_quality.json", *SEEN_FILES, PRIOR_FILE, USER_WARM_FILE)  # fmt: skip
 CHECKSUMS = "checksums.json"  # SHA-256 of every other file of an export, written last
 ENCODE_CHUNK = 65536
 
@@ -141,6 +145,19 @@ def read_array(path: Path, dtype_kind: str, ndim: int) -> np.ndarray:
     return value
 
 
+def read_prior(path: Path) -> PopularityPrior | None:
+    """``popularity_prior.json``: ``null``, or the prior's three numbers."""
+    values = read_json(path)
+    if values is None:
+        return None
+    try:
+        if not isinstance(values, dict):
+            raise TypeError("not an object")
+        return PopularityPrior(**values)
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"{path}: not a popularity prior ({first_line(err)}); expected null or warm_weight, cold_weight, half_life_days (export again)") from None
+
+
 def read_seen(folder: Path, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ptr [U+1], items [S])``: user ``u``'s training items are the item rows
     ``items[ptr[u]:ptr[u+1]]`` (rows of ``item_ids.json``)."""
@@ -178,22 +195,33 @@ class Retriever:
         if len(self.item_vectors) != len(self.item_ids) or len(self.index) != len(self.item_ids):
             raise ExportError(f"{folder}: {len(self.item_vectors)} item vectors and {len(self.index)} indexed items for {len(self.item_ids)} item ids (export again)")
         self.manifest = read_json(folder / INDEX_DIR / MANIFEST_FILE)
+        self.prior = read_prior(folder / PRIOR_FILE)
+        warm = read_array(folder / USER_WARM_FILE, "b", 1)
+        if len(warm) != len(self.user_ids):
+            raise ExportError(f"{folder / USER_WARM_FILE}: {len(warm)} flags for {len(self.user_ids)} user ids; expected one per user (export again)")
         # Known users' vectors are fixed, like the items': computed once here, so a request for
         # a known user is one index search (the tower runs per request for new users only).
-        self.user_vectors = encode(self.tower, self.user_features, len(self.user_ids)).numpy()
+        self.user_vectors = self._query(encode(self.tower, self.user_features, len(self.user_ids)), torch.as_tensor(warm))
+        if self.user_vectors.shape[1] != self.index.dim or self.item_vectors.shape[1] + (self.prior is not None) != self.index.dim:
+            raise ExportError(f"{folder}: user vectors of {self.user_vectors.shape[1]} and item vectors of {self.item_vectors.shape[1]} dimensions for an index of {self.index.dim} (export again)")
+
+    def _query(self, vectors: torch.Tensor, warm: torch.Tensor) -> np.ndarray:
+        """Users' index queries: their vectors, and the prior's weight for each when there is one."""
+        return (vectors if self.prior is None else append_column(vectors, self.prior.user_weights(warm))).numpy()
 
     # -- queries
 
     def encode_known(self, user_ids: list[str]) -> np.ndarray:
-        """``[U, D]`` vectors of known users by raw id (``KeyError`` naming the unknown ones)."""
+        """``[U, D]`` queries of known users by raw id (``KeyError`` naming the unknown ones); ``D`` counts the prior's weight."""
         unknown = [u for u in user_ids if u not in self.user_row]
         if unknown:
             raise KeyError(f"unknown user id(s) {unknown}; known ids include {self.user_ids[:5]} ({len(self.user_ids)} users)")
         return self.user_vectors[[self.user_row[u] for u in user_ids]]
 
     def encode_new(self, raw_users: list[dict]) -> np.ndarray:
-        """``[U, D]`` vectors of users unseen in training, from their raw features."""
-        return encode(self.tower, encode_new_users(self.spec, raw_users), len(raw_users)).numpy()
+        """``[U, D]`` queries of users unseen in training, from their raw features (cold users)."""
+        vectors = encode(self.tower, encode_new_users(self.spec, raw_users), len(raw_users))
+        return self._query(vectors, torch.zeros(len(raw_users), dtype=torch.bool))
 
     def seen(self, user_id: str) -> np.ndarray:
         row = self.user_row[user_id]
@@ -237,7 +265,10 @@ class Retriever:
         row = self.item_row.get(str(item_id))
         if row is None:
             raise KeyError(f"unknown item id {item_id!r}; known ids include {[str(i) for i in self.item_ids[:5]]} ({len(self.item_ids)} items)")
-        return self.search(self.item_vectors[row : row + 1], k, [np.array([row])])[0]
+        query = self.item_vectors[row : row + 1]
+        if self.prior is not None:  # the index's prior column weighted 0: the items' own similarity
+            query = np.concatenate([query, np.zeros((1, 1), dtype=query.dtype)], axis=1)
+        return self.search(query, k, [np.array([row])])[0]
 
     def metadata(self) -> dict:
         source = self.manifest.get("source", {})
@@ -249,6 +280,7 @@ class Retriever:
             "users": len(self.user_ids),
             "items": len(self.item_ids),
             "user_features": [f["name"] for f in self.spec["fitted"] if f["kind"] != "id"],
+            "popularity_prior": None if self.prior is None else asdict(self.prior),
             "package_version": twotower.__version__,
         }
 

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.checkpoints import AtomicCheckpointIO, checkpoint_step, resume_checkpoint
@@ -20,7 +21,8 @@ from twotower.config import build, resolved_config
 from twotower.errors import ConfigError
 from twotower.launch import is_main_process
 from twotower.loggers import build_loggers, drop_metrics_after, quiet_lightning
-from twotower.metrics import popularity_metrics
+from twotower.metrics import RankingAccumulator, popularity_ranking
+from twotower.per_user import write_per_user
 from twotower.report import format_table, write_results
 from twotower.runs import run_labels, sweep_name
 from twotower.wandb_runs import finish_wandb, log_summary
@@ -73,15 +75,28 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
             **({"limit_val_batches": 0} if len(data.eval_sets["val"].users) == 0 else {}),
         )
         metrics = fit_and_test(trainer, run, resume_from)
-        metrics.update(popularity_reference(run))
+        reference = popularity_reference(run)
+        metrics.update(reference.compute("popularity/test"))
         if writes_files:
             write_results(metrics, run_dir)
+            write_test_per_user(run, run_dir, reference.per_user("popularity/test"))
             log_summary(metrics)
-            print(f"\nTest metrics ({data.name}, {cfg.model.name}):\n{format_table(metrics, 'test')}\nrun directory: {run_dir}")
+            print(f"\nTest metrics ({data.name}, {cfg.model.name}):\n{format_table(metrics, 'test')}\n{prior_line(run)}run directory: {run_dir}")
         exit_code = 0
         return metrics
     finally:
         finish_wandb(exit_code)
+
+
+def prior_line(run: Run) -> str:
+    """What the popularity prior added to the model's scores, for the end-of-run printout."""
+    prior, search = run.module.popularity_prior, run.module.weight_search
+    if prior is None:
+        return ""
+    how = lambda searched: " (chosen on validation)" if searched else ""  # noqa: E731
+    age = "every click alike" if prior.half_life_days is None else f"half-life {prior.half_life_days:g} days"
+    return (f"popularity prior: warm weight {prior.warm_weight:g}{how(search and search.warm)}, cold weight "
+            f"{prior.cold_weight:g}{how(search and search.cold)}, {age}\n")
 
 
 def run_loggers(cfg: DictConfig, run_dir: Path, config: dict) -> list:
@@ -141,10 +156,10 @@ def fit_and_test(trainer: L.Trainer, run: Run, resume_from: str | None) -> dict[
     return {**metrics, **module.test_metrics}
 
 
-def popularity_reference(run: Run) -> dict[str, float]:
-    """``popularity/test/...``: the most-popular baseline on the test users the model was
-    tested on (the run's own ``limit_test_batches``), beside the model in the table and in
-    ``results.json``."""
+def popularity_reference(run: Run) -> RankingAccumulator:
+    """The most-popular baseline's rankings of the test users the model was tested on (the
+    run's own ``limit_test_batches``): ``popularity/test/...`` beside the model in the table,
+    in ``results.json`` and in ``per_user.npz``."""
     loader = run.datamodule.test_dataloader()
     count, limit = len(loader), run.cfg.trainer.get("limit_test_batches")
     if isinstance(limit, float) and limit < 1:
@@ -152,7 +167,18 @@ def popularity_reference(run: Run) -> dict[str, float]:
     elif isinstance(limit, int) and not isinstance(limit, bool):
         count = min(limit, count)
     batches = itertools.islice(loader, count)  # built one at a time, only those the model was tested on
-    return popularity_metrics(run.data.item_counts, batches, list(run.cfg.eval.ks), "popularity/test", run.module.popularity_bands)
+    return popularity_ranking(run.data.item_counts, batches, list(run.cfg.eval.ks), run.module.popularity_bands)
+
+
+def write_test_per_user(run: Run, run_dir: Path, reference: dict[str, torch.Tensor]) -> None:
+    """``per_user.npz``: the model's and the popularity reference's metrics for each test user
+    (raw ids; the tested users are the first ones of the test set, in order)."""
+    model = run.module.test_per_user
+    if not model:
+        return
+    tested = run.data.eval_sets["test"].users[: len(model["warm"])]
+    users = run.data.user_ids[tested.numpy()].tolist()
+    write_per_user(run_dir, users, model["warm"], {**model, **reference})
 
 
 def tester(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:

@@ -11,7 +11,8 @@ here, before anything is written.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -25,9 +26,13 @@ from twotower.errors import ConfigError
 from twotower.frequency import StreamingFrequencyEstimator
 from twotower.launch import configured_world_size, split_evenly
 from twotower.metrics import BANDS
+from twotower.models.two_tower import TwoTowerModel
 from twotower.module import RetrievalModule
+from twotower.prior import AUTO, PopularityPrior, WeightSearch, monitored_ranking_metric
 from twotower.runs import run_labels
 from twotower.topk import choose_backend
+
+log = logging.getLogger("twotower")
 
 
 @dataclass
@@ -130,6 +135,7 @@ def build_run(
     eval_backend = choose_backend(cfg.eval.backend, getattr(model, "factorizes", False), data.num_items, on_gpu)
     if eval_backend == "faiss":
         datamodule.max_eval_scores = None  # FAISS never holds users x items scores: larger user chunks
+    prior, weight_search = build_prior(cfg, model, data)
     module = RetrievalModule(
         model=model,
         loss=loss,
@@ -143,5 +149,40 @@ def build_run(
         scheduler=build(cfg.model.scheduler) if trainable and cfg.model.get("scheduler") else None,
         monitor=cfg.eval.monitor,
         popularity_bands=tuple(cfg.eval.get("popularity_bands", BANDS)),
+        popularity_prior=prior,
+        weight_search=weight_search,
     )
     return Run(cfg=cfg, datamodule=datamodule, model=model, loss=loss, module=module)
+
+
+def build_prior(cfg: DictConfig, model: torch.nn.Module, data: PreparedData) -> tuple[PopularityPrior | None, WeightSearch | None]:
+    """``model.popularity_prior`` (null: none) and, for weights set to ``auto``, their search on
+    validation. Only for a model whose score is the inner product of its two encodings; ``auto``
+    needs a monitored per-user ranking metric. Two cases the default config meets on some data
+    are not refusals but a logged notice: without timestamps every click counts alike (the
+    LightGCN files), and without validation users nothing can be chosen, so no prior."""
+    values = cfg.model.get("popularity_prior")
+    if values is None:
+        return None, None
+    if not isinstance(model, TwoTowerModel):
+        raise ConfigError(f"model.popularity_prior is set for model {cfg.model.name}: expected a two-tower model (its scores are inner products), or model.popularity_prior=null")
+    values = dict(OmegaConf.to_container(values, resolve=True))
+    candidates = tuple(values.pop("candidates", None) or ())
+    searched = {group: values.get(f"{group}_weight") == AUTO for group in ("warm", "cold")}
+    try:
+        prior = PopularityPrior(**{**values, **{f"{g}_weight": 0.0 for g, auto in searched.items() if auto}})
+        search = WeightSearch(candidates, **searched) if any(searched.values()) else None
+        if search is not None and len(data.eval_sets["val"].users) > 0:
+            monitored_ranking_metric(cfg.eval.monitor)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except TypeError as err:
+        raise ConfigError(f"model.popularity_prior: {err}; expected half_life_days, warm_weight, cold_weight and candidates") from None
+    if search is not None and len(data.eval_sets["val"].users) == 0:
+        log.warning("no popularity prior: its weights are chosen on validation and %s has no validation users "
+                    "(set model.popularity_prior.warm_weight / cold_weight to numbers to use one)", data.name)  # fmt: skip
+        return None, None
+    if prior.half_life_days is not None and data.clicks_before("val")[1] is None:
+        log.warning("popularity prior: %s has no timestamps, so every click counts alike (half_life_days ignored)", data.name)
+        prior = replace(prior, half_life_days=None)
+    return prior, search

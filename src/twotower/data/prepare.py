@@ -28,10 +28,11 @@ class SplitArrays:
     item: torch.Tensor  # long
     rating: torch.Tensor  # float32, NaN where unknown
     positive: torch.Tensor  # bool
+    time: torch.Tensor | None = None  # float64 seconds; None when the data has no timestamps
 
     def positives(self) -> "SplitArrays":
         m = self.positive
-        return SplitArrays(self.user[m], self.item[m], self.rating[m], self.positive[m])
+        return SplitArrays(self.user[m], self.item[m], self.rating[m], self.positive[m], None if self.time is None else self.time[m])
 
 
 @dataclass
@@ -69,6 +70,13 @@ class PreparedData:
     @property
     def num_items(self) -> int:
         return len(self.item_ids)
+
+    def clicks_before(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The positives observed before ``split`` is ranked, ``(items [M], times [M] or None)``:
+        the training ones for ``val``; training and validation ones for ``test`` (and for serving)."""
+        parts = [self.splits["train"].positives()] + ([self.splits["val"].positives()] if split == "test" else [])
+        times = None if any(p.time is None for p in parts) else torch.cat([p.time for p in parts])
+        return torch.cat([p.item for p in parts]), times
 
 
 def present(ids: np.ndarray, size: int) -> np.ndarray:
@@ -177,6 +185,7 @@ def prepare(
             item=torch.as_tensor(item_ids.get_indexer(p["item_id"]), dtype=torch.long),
             rating=torch.tensor(rating, dtype=torch.float32),
             positive=torch.as_tensor(positive_mask(rating, positive_threshold, f"{data.name} {name}"), dtype=torch.bool),
+            time=torch.as_tensor(p["timestamp"].to_numpy(dtype=np.float64)) if data.has_timestamps and "timestamp" in p else None,
         )
     train = splits["train"]
     if len(train.user) == 0 or not bool(train.positive.any()):
