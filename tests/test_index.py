@@ -120,6 +120,35 @@ def test_hnsw_recall_against_exact_on_clustered_vectors():
     assert index.index.hnsw.efSearch == 16 and index.params["ef_search"] == 16
 
 
+def test_hnsw_finds_the_best_inner_products_when_norms_differ(tmp_path):
+    """Unit vectors plus a popularity-prior-like coordinate (item norms from 1 to about 5, the
+    query's weight up to 30): HNSW searches lifted vectors by L2, which keeps its recall, and
+    returns inner products (the lifting by hand: |q - x|^2 = |q|^2 + M^2 - 2 q.x)."""
+    from twotower.index import inner_products_from_distances, lift_items, lift_queries
+
+    rng = np.random.default_rng(0)
+    items = clustered(3000, 32, seed=5)
+    items = np.concatenate([items, np.log1p(rng.pareto(1.0, size=(3000, 1)) * 10).clip(max=5)], axis=1).astype(np.float32)
+    queries = np.concatenate([clustered(300, 32, seed=6), rng.choice([1.0, 3.0, 30.0], size=(300, 1))], axis=1).astype(np.float32)
+    index = ItemIndex(items, list(range(3000)), {"kind": "hnsw"})
+    quality = ann_quality(index, items, queries, 100)
+    assert quality["recall@k"] > 0.98
+    scores, _, positions = index.search(queries, 10)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ items.T, positions, axis=1), rtol=1e-4, atol=1e-3)
+    loaded = ItemIndex.load(index.save(tmp_path / "idx"))
+    assert loaded.dim == 33 and loaded.max_norm == index.max_norm
+    assert np.array_equal(loaded.search(queries, 10)[2], positions)
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps({**manifest, "max_norm": "big"}))
+    with pytest.raises(ValueError, match="manifest max_norm='big'; expected the largest item norm, a number >= 0"):
+        ItemIndex.load(tmp_path / "idx")
+    x, q, max_norm = np.array([[3.0, 4.0], [1.0, 0.0]]), np.array([[2.0, 1.0]]), 5.0
+    lifted = lift_items(x, max_norm)
+    assert lifted[:, 2].tolist() == pytest.approx([0.0, 24**0.5]) and np.linalg.norm(lifted, axis=1) == pytest.approx([5.0, 5.0])
+    distances = ((lift_queries(q)[:, None, :] - lifted[None]) ** 2).sum(-1)
+    assert inner_products_from_distances(distances, q, max_norm).tolist()[0] == pytest.approx([10.0, 2.0])
+
+
 def test_ivfpq_builds_and_searches(items, queries):
     index = ItemIndex(items, np.arange(len(items)) * 10, SMALL["ivfpq"])
     assert isinstance(index.index, faiss.IndexIVFPQ) and index.index.is_trained

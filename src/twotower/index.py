@@ -11,8 +11,10 @@ Kinds (``config["kind"]``; default parameters in :data:`KINDS`):
 
 - ``exact``: ``IndexFlatIP``, brute force; the reference every ANN kind is
   measured against (reference section 7).
-- ``hnsw``: ``IndexHNSWFlat`` with ``METRIC_INNER_PRODUCT``; parameters ``M``,
-  ``ef_construction``, ``ef_search``. No training.
+- ``hnsw``: ``IndexHNSWFlat``; parameters ``M``, ``ef_construction``, ``ef_search``. No
+  training. Inner-product search is reduced to nearest-neighbour search (:func:`lift_items`):
+  an HNSW graph built on inner products finds the best items well only when they share one
+  norm (unit vectors), and a popularity prior's coordinate (``twotower.prior``) breaks that.
 - ``ivfpq``: ``IndexIVFPQ`` with inner product (a flat inner-product coarse
   quantizer); parameters ``nlist``, ``m`` (sub-quantizers, must divide the
   dimension), ``nbits`` (bits per sub-quantizer code), ``nprobe``. Trained on
@@ -51,7 +53,7 @@ from twotower.fsutil import fsync_path, swap_in
 from twotower.topk import chunked_top_k
 
 FORMAT = "twotower-item-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hnsw searches lifted vectors by L2 (max_norm in the manifest)
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
@@ -206,7 +208,9 @@ class ItemIndex:
         if kind == "exact":
             index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
+            self.max_norm = float(np.linalg.norm(vectors, axis=1).max())
+            vectors = lift_items(vectors, self.max_norm)
+            index = faiss.IndexHNSWFlat(dim + 1, params["M"], faiss.METRIC_L2)
             index.hnsw.efConstruction = params["ef_construction"]
         else:
             _check_ivfpq(params, count, dim)
@@ -283,7 +287,12 @@ class ItemIndex:
         positions = np.empty((num, k), dtype=np.int64)
         for start in range(0, num, batch_size):
             stop = min(start + batch_size, num)
-            scores[start:stop], positions[start:stop] = self.index.search(queries[start:stop], k)
+            batch = queries[start:stop]
+            if self.kind == "hnsw":  # squared distances to the lifted items -> inner products
+                distances, positions[start:stop] = self.index.search(lift_queries(batch), k)
+                scores[start:stop] = inner_products_from_distances(distances, batch, self.max_norm)
+            else:
+                scores[start:stop], positions[start:stop] = self.index.search(batch, k)
         missing = positions < 0
         item_ids = self.ids[np.where(missing, 0, positions)]
         if missing.any():
@@ -316,6 +325,7 @@ class ItemIndex:
             "kind": self.kind,
             "params": dict(self.params),
             "metric": "inner_product",
+            **({"max_norm": self.max_norm} if self.kind == "hnsw" else {}),
             "dimension": self.dim,
             "count": len(self),
             "id_type": "str" if self.ids.dtype.kind == "U" else "int",
@@ -386,7 +396,12 @@ class ItemIndex:
             ) from err
         self = cls.__new__(cls)
         self.kind, self.params, self.index = kind, params, index
-        self.dim = int(index.d)
+        self.dim = int(index.d) - (kind == "hnsw")  # hnsw holds the lifted vectors: one more coordinate
+        if kind == "hnsw":
+            max_norm = manifest.get("max_norm")
+            if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not math.isfinite(max_norm) or max_norm < 0:
+                raise ValueError(f"item index {folder}: manifest max_norm={max_norm!r}; expected the largest item norm, a number >= 0")
+            self.max_norm = float(max_norm)
         self.ids = _as_ids(ids, len(ids))
         expected = {"dimension": self.dim, "count": int(index.ntotal)}
         for key, actual in expected.items():
@@ -395,11 +410,31 @@ class ItemIndex:
         if len(self.ids) != index.ntotal:
             raise ValueError(f"item index {folder}: {IDS_FILE} holds {len(self.ids)} ids for {index.ntotal} vectors")
         expected_type = {"exact": faiss.IndexFlat, "hnsw": faiss.IndexHNSWFlat, "ivfpq": faiss.IndexIVFPQ}[kind]
-        if not isinstance(index, expected_type) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise ValueError(f"item index {folder}: {INDEX_FILE} holds a {type(index).__name__} (metric {index.metric_type}), not a {kind!r} inner-product index")
+        expected_metric = faiss.METRIC_L2 if kind == "hnsw" else faiss.METRIC_INNER_PRODUCT
+        if not isinstance(index, expected_type) or index.metric_type != expected_metric:
+            raise ValueError(f"item index {folder}: {INDEX_FILE} holds a {type(index).__name__} (metric {index.metric_type}), not the {kind!r} index ItemIndex builds")
         self.source = manifest.get("source", {})
         self._apply_search_params()
         return self
+
+
+def lift_items(vectors: np.ndarray, max_norm: float) -> np.ndarray:
+    """``[N, D] -> [N, D + 1]``: each item gets ``sqrt(max_norm^2 - |x|^2)``, so every lifted item
+    has norm ``max_norm``; with queries lifted by a 0 (:func:`lift_queries`),
+    ``|q - x|^2 = |q|^2 + max_norm^2 - 2 q.x``: the nearest item is the best by inner product."""
+    extra = np.sqrt(np.maximum(max_norm**2 - np.einsum("ij,ij->i", vectors, vectors), 0.0))
+    return np.ascontiguousarray(np.concatenate([vectors, extra[:, None]], axis=1), dtype=np.float32)
+
+
+def lift_queries(queries: np.ndarray) -> np.ndarray:
+    """``[Q, D] -> [Q, D + 1]``: a 0 appended (see :func:`lift_items`)."""
+    return np.ascontiguousarray(np.concatenate([queries, np.zeros((len(queries), 1), queries.dtype)], axis=1))
+
+
+def inner_products_from_distances(distances: np.ndarray, queries: np.ndarray, max_norm: float) -> np.ndarray:
+    """``q.x = (|q|^2 + max_norm^2 - |q - x|^2) / 2`` for squared distances ``[Q, k]`` to lifted items."""
+    norms = np.einsum("ij,ij->i", queries.astype(np.float64), queries.astype(np.float64))
+    return ((norms[:, None] + max_norm**2 - distances.astype(np.float64)) / 2).astype(np.float32)
 
 
 def _json_default(value: Any) -> Any:
