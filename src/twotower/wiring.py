@@ -172,16 +172,16 @@ def build_prior(cfg: DictConfig, model: torch.nn.Module, data: PreparedData) -> 
     try:
         prior = PopularityPrior(**{**values, **{f"{g}_weight": 0.0 for g, auto in searched.items() if auto}})
         search = WeightSearch(candidates, **searched) if any(searched.values()) else None
-        if search is not None and len(data.eval_sets["val"].users) > 0:
+        if search is not None and len(data.eval_sets["val"].users) == 0:
+            log.warning("no popularity prior: its weights are chosen on validation and %s has no validation users "
+                        "(set model.popularity_prior.warm_weight / cold_weight to numbers to use one)", data.name)  # fmt: skip
+            return None, None
+        if search is not None:
             monitored_ranking_metric(cfg.eval.monitor)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     except TypeError as err:
         raise ConfigError(f"model.popularity_prior: {err}; expected half_life_days, warm_weight, cold_weight and candidates") from None
-    if search is not None and len(data.eval_sets["val"].users) == 0:
-        log.warning("no popularity prior: its weights are chosen on validation and %s has no validation users "
-                    "(set model.popularity_prior.warm_weight / cold_weight to numbers to use one)", data.name)  # fmt: skip
-        return None, None
     if prior.half_life_days is not None and data.clicks_before("val")[1] is None:
         log.warning("popularity prior: %s has no timestamps, so every click counts alike (half_life_days ignored)", data.name)
         prior = replace(prior, half_life_days=None)
