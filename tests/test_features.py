@@ -271,6 +271,34 @@ def test_history_dropout_hides_a_share_of_the_history_in_training_only():
         Tower(fitted, history_dropout=1.0)
 
 
+def test_embedding_dropout_zeroes_and_rescales_the_id_vector_in_training_only():
+    from twotower.models.tower import Tower
+
+    fitted = [{"name": "user_id", "kind": "id", "cardinality": 3}]
+    tower = Tower(fitted, embedding_dim=5000, mlp=[], normalize=False, embedding_dropout=0.2)
+    features = {"user_id": torch.tensor([1, 2])}
+    rows = tower.table.weight[[1, 2]]
+    torch.manual_seed(0)
+    out = tower(features)
+    kept = out != 0
+    # Binomial(10,000, 0.8) kept: standard deviation 40; a bound of 5 of them.
+    assert abs(int(kept.sum()) - 8000) < 200
+    torch.testing.assert_close(out[kept], rows[kept] / 0.8)  # inverted dropout: kept entries scaled by 1 / (1 - p)
+    tower.eval()
+    torch.testing.assert_close(tower(features), rows)  # evaluation: the embedding itself
+    with pytest.raises(ValueError, match=r"embedding_dropout=1.0: expected a share in \[0, 1\)"):
+        Tower(fitted, embedding_dropout=1.0)
+
+
+def test_embedding_dropout_reaches_both_towers_of_the_model():
+    from twotower.models.two_tower import TwoTowerModel
+
+    fitted = {"user": [{"name": "user_id", "kind": "id", "cardinality": 3}],
+              "item": [{"name": "item_id", "kind": "id", "cardinality": 4}]}  # fmt: skip
+    model = TwoTowerModel(fitted, embedding_dim=8, mlp=[], feature_set="ids", embedding_dropout=0.3)
+    assert model.user_tower.embedding_dropout == model.item_tower.embedding_dropout == 0.3
+
+
 @pytest.mark.parametrize("num_rows", [20, 1000])
 def test_bag_mean_equals_embedding_bag_on_both_paths(num_rows):
     """The dense path (small vocabularies) and EmbeddingBag's own give the same means and

@@ -49,6 +49,9 @@ class Tower(nn.Module):
     block of rows each, multi-valued ones have an ``EmbeddingBag`` each). ``mlp``: hidden and output sizes;
     an empty list makes the tower output the concatenated embeddings (the
     matrix-completion baseline: one ID embedding, nothing else).
+    ``embedding_dropout``: in training, dropout on the tower's input (its embeddings before the
+    MLP; with ``mlp=[]`` the output before normalization): noise that keeps an ID tower from
+    fitting each training pair exactly (MF-CCL's regularizer, Mao et al., CIKM 2021).
     ``history_dropout``: in training, the share of each user's history items
     hidden at random (as in denoising autoencoders for collaborative
     filtering), so the tower cannot lean on any single past item.
@@ -67,10 +70,14 @@ class Tower(nn.Module):
         init_std: float = 0.1,
         history_dropout: float = 0.0,
         sparse: bool = False,
+        embedding_dropout: float = 0.0,
     ):
         super().__init__()
         if not 0.0 <= history_dropout < 1.0:
             raise ValueError(f"history_dropout={history_dropout}: expected a share in [0, 1)")
+        if not 0.0 <= embedding_dropout < 1.0:
+            raise ValueError(f"embedding_dropout={embedding_dropout}: expected a share in [0, 1)")
+        self.embedding_dropout = embedding_dropout
         self.normalize = normalize
         self.history_dropout = history_dropout
         self.histories = [f["name"] for f in fitted if f["kind"] == "history"]
@@ -131,7 +138,10 @@ class Tower(nn.Module):
         parts += [features[name][:, None] for name in self.dense_inputs]
         # One part (an ID alone): no concatenation, whose copy and backward cost 2 % of a
         # matrix-completion step.
-        x = self.mlp(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if self.embedding_dropout > 0:
+            x = nn.functional.dropout(x, self.embedding_dropout, self.training)
+        x = self.mlp(x)
         return nn.functional.normalize(x, dim=-1) if self.normalize else x
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

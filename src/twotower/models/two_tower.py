@@ -75,6 +75,7 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
         share_history_embeddings: bool = True,
         history_projection: bool = True,
         history_trains_items: bool = True,
+        embedding_dropout: float = 0.0,
     ):
         super().__init__()
         fitted = select_features(fitted, feature_set)
@@ -83,8 +84,10 @@ class TwoTowerModel(InnerProductScorer, nn.Module):
         self.user_tower = Tower(
             [f for f in fitted["user"] if f is not blended], embedding_dim, mlp, dropout,
             normalize=normalize and blended is None, history_dropout=history_dropout, sparse=sparse_embeddings,
+            embedding_dropout=embedding_dropout,
         )  # fmt: skip
-        self.item_tower = Tower(fitted["item"], embedding_dim, mlp, dropout, normalize, sparse=sparse_embeddings)
+        self.item_tower = Tower(fitted["item"], embedding_dim, mlp, dropout, normalize, sparse=sparse_embeddings,
+                                embedding_dropout=embedding_dropout)  # fmt: skip
         self.history = None
         if blended is not None:
             self.history = HistoryPool(
