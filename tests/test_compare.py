@@ -9,7 +9,7 @@ import matplotlib.image
 import pytest
 import yaml
 
-from twotower.compare import compare, find_run_dirs, load_run, main, short_names, varying_keys
+from twotower.compare import compare, default_metrics, find_run_dirs, load_run, main, short_names, varying_keys
 
 R10, R50, N10 = "test/recall@10", "test/recall@50", "test/ndcg@10"
 
@@ -42,7 +42,7 @@ def write_run(run_dir: Path, seed: int, temperature: float, metrics: dict | None
         # validation rows and training rows apart, as Lightning's CSVLogger writes them
         rows = ["epoch,step,train/loss,val/ndcg@20"]
         for epoch in range(3):
-            rows += [f"{epoch},{epoch * 10 + 9},{1.0 / (epoch + 1)},", f"{epoch},{epoch * 10 + 9},,{metrics[R10] + epoch / 10}"]
+            rows += [f"{epoch},{epoch * 10 + 9},{1.0 / (epoch + 1)},", f"{epoch},{epoch * 10 + 9},,{metrics.get(R10, 0.0) + epoch / 10}"]
         (run_dir / "csv").mkdir()
         (run_dir / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
     if status is not None:
@@ -129,6 +129,20 @@ def test_sort_and_metrics_options(sweep_a, tmp_path, capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("twotower-compare: error: --metrics test/recal@10: no completed run has it; expected some of")
     assert R10 in line
+
+
+def test_default_metrics_follow_the_cut_offs_the_runs_have(tmp_path):
+    # Gowalla's eval.ks [20, 50]: the end-of-sweep report of `experiment=gowalla` needs no --metrics.
+    gowalla = {"test/recall@20": 0.18, "test/recall@50": 0.28, "test/ndcg@20": 0.15, "test/ndcg@50": 0.18}
+    for seed in (1, 2):
+        write_run(tmp_path / "g" / str(seed), seed, 0.08, gowalla)
+    markdown, _ = compare([tmp_path / "g"], tmp_path / "out")
+    assert markdown.splitlines()[0] == ("| configuration | n | test/recall@20 mean ± std | test/recall@50 mean ± std "
+                                        "| test/ndcg@20 mean ± std | duration_s mean ± std |")
+    assert default_metrics(["test/recall@5", "test/recall@10", "test/ndcg@5", "test/ndcg@10"]) == [
+        "test/recall@5", "test/recall@10", "test/ndcg@5"]  # no 50: the largest
+    assert default_metrics(["test/recall@10", "test/recall@20", "test/recall@50", "val/recall@5"]) == [R10, R50, N10]
+    assert default_metrics(["test/mse"]) == [R10, R50, N10]  # nothing ranked: reported as missing
 
 
 def test_two_sweeps_and_single_seed(sweep_a, tmp_path):

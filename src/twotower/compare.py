@@ -23,7 +23,7 @@ import yaml
 
 from twotower import compare_significance
 
-DEFAULT_METRICS = ["test/recall@10", "test/recall@50", "test/ndcg@10"]
+DEFAULT_METRICS = ["test/recall@10", "test/recall@50", "test/ndcg@10"]  # for the default cut-offs (eval.ks)
 DURATION = "duration_s"  # training time, from status.json
 IGNORED_PREFIXES = ("paths.", "hydra.", "logger.")
 IGNORED_KEYS = {
@@ -271,6 +271,17 @@ def mean_lines(groups: Groups, keys: list[str], per_run) -> dict[str, pd.DataFra
     return lines
 
 
+def default_metrics(known: list[str]) -> list[str]:
+    """Recall at the runs' smallest cut-off and at 50 (else their largest), NDCG at the smallest:
+    :data:`DEFAULT_METRICS` for the default ``eval.ks``, ``test/recall@20``, ``test/recall@50``,
+    ``test/ndcg@20`` for Gowalla's ``[20, 50]``. ``known``: the metric names the runs have."""
+    ks = sorted(int(m.rsplit("@", 1)[1]) for m in known if re.fullmatch(r"test/recall@\d+", m))
+    if not ks:
+        return list(DEFAULT_METRICS)  # reported as missing by the caller
+    low, high = ks[0], 50 if 50 in ks else ks[-1]
+    return list(dict.fromkeys([f"test/recall@{low}", f"test/recall@{high}", f"test/ndcg@{low}"]))
+
+
 def compare(paths: list[Path], out: Path, metrics: list[str] | None = None, sort: str | None = None,
             curve_metric: str = "val/ndcg@20", baseline: str | None = None, test: str = "t",
             alpha: float = 0.05) -> tuple[str, list[Path]]:
@@ -291,11 +302,11 @@ def compare(paths: list[Path], out: Path, metrics: list[str] | None = None, sort
     done, failed = [r for r in runs if r.error is None], [r for r in runs if r.error is not None]
     if not done:
         raise FileNotFoundError(f"no completed run under {where} ({len(failed)} failed)")
+    known = sorted({k for r in done for k in r.metrics})
     if metrics is None:
-        metrics = DEFAULT_METRICS + ([DURATION] if any(DURATION in r.metrics for r in done) else [])
+        metrics = default_metrics(known) + ([DURATION] if DURATION in known else [])
     if sort and sort not in metrics:
         raise ValueError(f"--sort {sort} is not one of the metrics: {', '.join(metrics)}")
-    known = sorted({k for r in done for k in r.metrics})
     unknown = [m for m in metrics if m not in known]
     if unknown:
         raise ValueError(
@@ -351,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     """The ``twotower-compare`` command; returns the exit status (2: a missing path, no run found)."""
     parser = argparse.ArgumentParser(prog="twotower-compare", description=__doc__.split("\n")[0].replace("``", ""))
     parser.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories (searched recursively)")
-    parser.add_argument("--metrics", help=f"comma-separated (default: {','.join(DEFAULT_METRICS)}[,{DURATION}])")
+    parser.add_argument("--metrics", help=f"comma-separated (default: recall at the runs' smallest cut-off and at 50, NDCG at the smallest, "
+                        f"e.g. {','.join(DEFAULT_METRICS)}[,{DURATION}])")
     parser.add_argument("--sort", help="metric to sort by, descending (default: the first metric)")
     parser.add_argument("--curve-metric", default="val/ndcg@20", help="metric of val_curve.png (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="output directory (default: <first dir>/comparison)")
