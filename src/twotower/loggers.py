@@ -5,6 +5,7 @@ filtered out."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from twotower.fsutil import remove_stale_temporaries, write_bytes_atomic
 from twotower.wandb_runs import start_wandb_run
 
 
@@ -38,34 +40,57 @@ def quiet_lightning() -> None:
 
 
 def _read_metrics_csv(path: Path) -> tuple[list[str], list[dict]]:
+    """The header and the rows; a torn row (more or fewer fields than the header, as an
+    interrupted writer of an older version left) is dropped."""
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
-        return list(reader.fieldnames or []), list(reader)
+        rows = [row for row in reader if None not in row and None not in row.values()]
+        return list(reader.fieldnames or []), rows
+
+
+def _csv_bytes(header: list[str], rows: list[dict]) -> bytes:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
 
 
 def drop_metrics_after(run_dir: Path, step: int) -> None:
     """Remove the rows of ``csv/metrics.csv`` logged after global step ``step``: what a
-    killed run logged past the checkpoint it resumes from, and will log again."""
+    killed run logged past the checkpoint it resumes from, and will log again (and the
+    temporary file of a save it was killed in)."""
     path = Path(run_dir) / "csv" / ExperimentWriter.NAME_METRICS_FILE
+    remove_stale_temporaries(path.parent)
     if not path.is_file():
         return
     header, rows = _read_metrics_csv(path)
     kept = [row for row in rows if row.get("step") and int(float(row["step"])) <= step]
     if len(kept) < len(rows):
-        with open(path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(kept)
+        write_bytes_atomic(path, _csv_bytes(header, kept))
 
 
 class _ContinuingWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that it continues an existing ``metrics.csv``
-    (Lightning's deletes it): one run writes its CSV from several processes, when it is
-    resumed, and in the test of a ``ddp_spawn`` run (new workers after those of ``fit``)."""
+    """Lightning's CSV writer, except that
+    - it continues an existing ``metrics.csv`` (Lightning's deletes it): one run writes its
+      CSV from several processes, when it is resumed, and in the test of a ``ddp_spawn`` run
+      (new workers after those of ``fit``);
+    - each save replaces the whole file through a rename (Lightning's appends): Ctrl-C lands
+      anywhere, and an append it cuts short leaves a torn line that the save of the
+      interrupted run's teardown then extends, which the resumed run cannot read."""
 
     def _check_log_dir_exists(self) -> None:  # called by __init__
+        self.saved_rows: list[dict] = []
         if self._fs.isfile(self.metrics_file_path):
-            self.metrics_keys = _read_metrics_csv(Path(self.metrics_file_path))[0]
+            self.metrics_keys, self.saved_rows = _read_metrics_csv(Path(self.metrics_file_path))
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        self._record_new_keys()
+        rows = self.saved_rows + self.metrics
+        write_bytes_atomic(Path(self.metrics_file_path), _csv_bytes(self.metrics_keys, rows))
+        self.saved_rows, self.metrics = rows, []
 
 
 class RunCSVLogger(CSVLogger):
