@@ -95,6 +95,17 @@ def test_evaluate_reproduces_results(run_dir, capsys):
     assert "recall@10" in out and "largest absolute difference from results.json: 0 " in out
 
 
+@pytest.mark.slow
+def test_a_bf16_mixed_run_is_ranked_in_full_precision(tmp_path, capsys):
+    """`trainer.precision=bf16-mixed` trains its MLP towers under autocast; its recorded test
+    metrics are those of its weights ranked again in float32."""
+    out = tmp_path / "run"
+    train(compose_config([*TINY, "trainer.precision=bf16-mixed"], output_dir=out))
+    assert any(isinstance(m, torch.nn.Linear) for m in load_run(out, "best")[1].model.modules())
+    assert evaluate_main([str(out)]) == 0
+    assert "largest absolute difference from results.json: 0 " in capsys.readouterr().out
+
+
 def test_retrieve_prints_k_lines_per_user(export_dir, capsys):
     users = [str(u) for u in json.loads((export_dir / "user_ids.json").read_text())[:2]]
     assert retrieve_main([str(export_dir), "--user", users[0], "--user", users[1], "-k", "5"]) == 0

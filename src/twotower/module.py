@@ -153,6 +153,12 @@ class RetrievalModule(L.LightningModule):
         return rank_and_match(scores, batch.seen_rows, batch.seen_items, batch.target_rows, batch.target_items, k)
 
     def _eval_step(self, batch: EvalBatch) -> None:
+        # Ranking is exact whatever `trainer.precision` trains in: under bf16-mixed, Lightning's
+        # autocast would score in bfloat16 (three significant digits) and reorder near-ties.
+        with torch.autocast(self.device.type, enabled=False):
+            self._rank_batch(batch)
+
+    def _rank_batch(self, batch: EvalBatch) -> None:
         user_vecs = self.model.encode_users(batch.user)
         if self._candidate_rankings is not None:  # every weight the search considers ranks the batch
             ranked = [self._rank(append_column(user_vecs, torch.full((len(batch),), w)), batch) for w in self._search_weights]
