@@ -33,33 +33,48 @@ def test_saves_keep_every_row_under_one_header_across_processes(tmp_path):
 
 
 def test_a_save_cut_short_by_ctrl_c_leaves_the_previous_file_and_the_next_save_writes_each_row_once(tmp_path, monkeypatch):
+    """Ctrl-C in a save that rewrites the file (a new key), then in one that appends to it."""
     logger = RunCSVLogger(str(tmp_path))
     logger.log_metrics({"loss": 0.5}, step=0)
     logger.save()
-    real_fsync = fsutil.os.fsync
 
-    def interrupted(fd):
-        monkeypatch.setattr(fsutil.os, "fsync", real_fsync)
-        raise KeyboardInterrupt
+    def interrupt_once(name):
+        real = getattr(fsutil.os, name)
 
-    monkeypatch.setattr(fsutil.os, "fsync", interrupted)
+        def interrupted(*args):
+            monkeypatch.setattr(fsutil.os, name, real)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(fsutil.os, name, interrupted)
+
+    interrupt_once("fsync")  # the rewrite's temporary file is written, not yet renamed
     logger.log_metrics({"loss": 0.25, "lr": 0.01}, step=1)
     with pytest.raises(KeyboardInterrupt):
         logger.save()
     assert read_rows(tmp_path) == (["loss", "step"], [{"loss": "0.5", "step": "0"}])
     assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["metrics.csv"]
     logger.save()  # what Lightning's teardown of the interrupted run does
+    interrupt_once("write")
+    logger.log_metrics({"loss": 0.125, "lr": 0.01}, step=2)
+    with pytest.raises(KeyboardInterrupt):
+        logger.save()
+    logger.save()
     header, rows = read_rows(tmp_path)
     assert header == ["loss", "lr", "step"]
-    assert rows == [{"loss": "0.5", "lr": "", "step": "0"}, {"loss": "0.25", "lr": "0.01", "step": "1"}]
+    assert rows == [
+        {"loss": "0.5", "lr": "", "step": "0"},
+        {"loss": "0.25", "lr": "0.01", "step": "1"},
+        {"loss": "0.125", "lr": "0.01", "step": "2"},
+    ]
 
 
-def test_a_resumed_run_drops_a_torn_line_and_the_rows_after_its_checkpoint(tmp_path):
-    """A file an interrupted writer of an older version left: the third line was cut short and
-    the teardown's save appended to it; a stale temporary of a killed save lies beside it."""
+def test_a_resumed_run_drops_torn_lines_and_the_rows_after_its_checkpoint(tmp_path):
+    """A file that interrupted writers left: the third line cut short and extended by the next
+    save (an older version's teardown), the last one cut short by a kill; a stale temporary of
+    a killed rewrite lies beside it."""
     folder = tmp_path / "csv"
     folder.mkdir()
-    (folder / "metrics.csv").write_text("loss,step\r\n0.5,0\r\n0.25,1\r\n0.1,0.125,2\r\n0.0625,3\r\n")
+    (folder / "metrics.csv").write_text("loss,step\r\n0.5,0\r\n0.25,1\r\n0.1,0.125,2\r\n0.0625,3\r\n0.03")
     (folder / ".metrics.csv.tmp-123").write_text("loss,st")
     drop_metrics_after(tmp_path, step=2)
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.csv"]

@@ -43,6 +43,20 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     fsync_path(path.parent)  # make the rename itself durable
 
 
+def append_bytes_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` to the existing file ``path`` with one ``write`` call: Ctrl-C (and
+    SIGTERM, which the commands turn into the same ``KeyboardInterrupt``) is raised between
+    Python bytecodes, never inside the call, so an interrupted process leaves ``data`` whole
+    or absent. A buffered file object writes in pieces and can be cut between them."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        written = os.write(fd, data)
+        while written < len(data):  # a regular file takes it all at once unless the disk fills
+            written += os.write(fd, data[written:])
+    finally:
+        os.close(fd)
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file or folder to disk (best effort: not every platform opens folders)."""
     try:

@@ -14,7 +14,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from twotower.fsutil import remove_stale_temporaries, write_bytes_atomic
+from twotower.fsutil import append_bytes_whole, remove_stale_temporaries, write_bytes_atomic
 from twotower.wandb_runs import start_wandb_run
 
 
@@ -40,18 +40,19 @@ def quiet_lightning() -> None:
 
 
 def _read_metrics_csv(path: Path) -> tuple[list[str], list[dict]]:
-    """The header and the rows; a torn row (more or fewer fields than the header, as an
-    interrupted writer of an older version left) is dropped."""
+    """The header and the rows; a torn row (more or fewer fields than the header: what a
+    killed writer, or an interrupted one of an older version, left) is dropped."""
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
         rows = [row for row in reader if None not in row and None not in row.values()]
         return list(reader.fieldnames or []), rows
 
 
-def _csv_bytes(header: list[str], rows: list[dict]) -> bytes:
+def _csv_bytes(header: list[str], rows: list[dict], with_header: bool = True) -> bytes:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=header)
-    writer.writeheader()
+    if with_header:
+        writer.writeheader()
     writer.writerows(rows)
     return text.getvalue().encode()
 
@@ -66,8 +67,7 @@ def drop_metrics_after(run_dir: Path, step: int) -> None:
         return
     header, rows = _read_metrics_csv(path)
     kept = [row for row in rows if row.get("step") and int(float(row["step"])) <= step]
-    if len(kept) < len(rows):
-        write_bytes_atomic(path, _csv_bytes(header, kept))
+    write_bytes_atomic(path, _csv_bytes(header, kept))  # also ends a line a killed write tore
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -75,22 +75,27 @@ class _ContinuingWriter(ExperimentWriter):
     - it continues an existing ``metrics.csv`` (Lightning's deletes it): one run writes its
       CSV from several processes, when it is resumed, and in the test of a ``ddp_spawn`` run
       (new workers after those of ``fit``);
-    - each save replaces the whole file through a rename (Lightning's appends): Ctrl-C lands
-      anywhere, and an append it cuts short leaves a torn line that the save of the
-      interrupted run's teardown then extends, which the resumed run cannot read."""
+    - a save's rows land whole or not at all (Lightning's writes them through a buffered file,
+      and Ctrl-C can cut it between two pieces, leaving a torn line that the save of the
+      interrupted run's teardown then extends and the resumed run cannot read): appended with
+      one ``write`` call, or, when new keys change the header, the whole file replaced
+      through a rename; the header is only taken as changed once the file has it."""
 
     def _check_log_dir_exists(self) -> None:  # called by __init__
-        self.saved_rows: list[dict] = []
         if self._fs.isfile(self.metrics_file_path):
-            self.metrics_keys, self.saved_rows = _read_metrics_csv(Path(self.metrics_file_path))
+            self.metrics_keys = _read_metrics_csv(Path(self.metrics_file_path))[0]
 
     def save(self) -> None:
         if not self.metrics:
             return
-        self._record_new_keys()
-        rows = self.saved_rows + self.metrics
-        write_bytes_atomic(Path(self.metrics_file_path), _csv_bytes(self.metrics_keys, rows))
-        self.saved_rows, self.metrics = rows, []
+        path = Path(self.metrics_file_path)
+        keys = sorted(set(self.metrics_keys).union(*self.metrics))
+        if keys != self.metrics_keys or not path.is_file():
+            saved = _read_metrics_csv(path)[1] if path.is_file() else []
+            write_bytes_atomic(path, _csv_bytes(keys, saved + self.metrics))
+        else:
+            append_bytes_whole(path, _csv_bytes(keys, self.metrics, with_header=False))
+        self.metrics_keys, self.metrics = keys, []
 
 
 class RunCSVLogger(CSVLogger):
