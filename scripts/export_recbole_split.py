@@ -3,7 +3,8 @@ benchmark files, so that the peer (scripts/peer_recbole.py, in its own venv) tra
 tests on exactly the same pairs:
 
     .venv/bin/python scripts/export_recbole_split.py --name gowalla_s1 --out /tmp/recbole_peer/data \\
-        data=gowalla seed=1                      # validation: 10% of each user's training pairs
+        data=gowalla seed=1                      # validation: 10% of each user's training pairs, >= 1 each
+    # the carve of the comparison in docs/BENCHMARKS.md (2026-12-01): add data.split.min_val_per_user=0
     # -> /tmp/recbole_peer/data/gowalla_s1/gowalla_s1.{train,valid,test}.inter
 
 Every positive of each split is one line ``user_id:token item_id:token`` with the data's raw

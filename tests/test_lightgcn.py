@@ -128,6 +128,12 @@ def test_validation_is_carved_from_each_users_training_pairs_seeded():
     assert len(one.splits["test"].user) == 2  # test as given
     whole = prepare(data, users, items, None, "predefined", val_ratio=0.0, test_ratio=0.0, seed=1)
     assert len(whole.splits["train"].user) == 29 and len(whole.eval_sets["val"].users) == 0
+    # min_val_per_user=1 (the LightGCN data configs): user 1 gets one too, so validation has every test user.
+    every = prepare(data, users, items, None, "predefined", val_ratio=0.1, test_ratio=0.0, seed=1, min_val_per_user=1)
+    assert sorted(every.splits["val"].user.tolist()) == [0, 0, 1] and len(every.splits["train"].user) == 26
+    assert set(every.eval_sets["val"].users.tolist()) == set(every.eval_sets["test"].users.tolist()) == {0, 1}
+    whole = prepare(data, users, items, None, "predefined", val_ratio=0.0, test_ratio=0.0, seed=1, min_val_per_user=1)
+    assert len(whole.splits["train"].user) == 29  # no carve asked for: nothing held out
 
 
 def test_splits_by_time_need_timestamps():

@@ -221,3 +221,30 @@ def test_prepare_seen_items_mask_train_and_val_at_test(prepared, ml100k):
                 some_val_masked = True
         if name == "test":
             assert some_val_masked
+
+
+def test_random_split_gives_every_user_a_validation_interaction_when_asked():
+    """``min_val_per_user=1``: ``floor(n * 0.1)`` validation rows for a user with 10 or more, 1
+    for the others, except a user with a single interaction, who keeps it for training."""
+    sizes = {"a": 1, "b": 2, "c": 5, "d": 9, "e": 10, "f": 23}
+    users = [u for u, n in sizes.items() for _ in range(n)]
+    data = pd.DataFrame({"user_id": users, "item_id": range(len(users)), "rating": 1.0, "timestamp": 0})
+    parts = random_split(data, 0.1, 0.0, seed=0, min_val_per_user=1)
+    assert_partition(parts, data)
+    val = parts["val"].groupby("user_id").size().reindex(list(sizes), fill_value=0)
+    assert val.to_dict() == {"a": 0, "b": 1, "c": 1, "d": 1, "e": 1, "f": 2}
+    # The same seed without the option: floor(10%) only, the same shuffle.
+    plain = random_split(data, 0.1, 0.0, seed=0)
+    assert plain["val"].groupby("user_id").size().to_dict() == {"e": 1, "f": 2}
+    assert set(plain["val"].index) <= set(parts["val"].index)
+
+
+@pytest.mark.parametrize("value", [-1, 0.5, True])
+def test_random_split_refuses_a_bad_min_val_per_user(inter, value):
+    with pytest.raises(DataError, match=r"split\.min_val_per_user=.*expected an integer >= 0"):
+        random_split(inter, 0.1, 0.1, seed=0, min_val_per_user=value)
+
+
+def test_min_val_per_user_is_refused_for_a_split_by_time(inter):
+    with pytest.raises(DataError, match=r"split\.min_val_per_user=1 applies to per-user ratio splits"):
+        split_interactions(inter, "temporal", np.ones(len(inter), bool), min_val_per_user=1)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from twotower.example_weights import weighted_mean
+
 
 def mask_value(dtype: torch.dtype) -> float:
     """A large finite negative for masked logits: ``-inf`` would make a row
@@ -71,6 +73,8 @@ class ScoredBatch:
     ``pos_column``: ``[B]`` long, the column of ``neg`` that is the user's own positive
     (in-batch negatives: a valid=False column), or ``None``.
     ``rating``: ``[B]`` observed ratings (for ``mse``), or ``None``.
+    ``weight``: ``[B]`` each example's weight in the batch's mean (``user_weight_exponent``),
+    or ``None`` for the plain mean.
     """
 
     pos: torch.Tensor
@@ -80,6 +84,7 @@ class ScoredBatch:
     neg_logq: torch.Tensor | None = None
     rating: torch.Tensor | None = None
     pos_column: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
 
 
 def corrected_logits(batch: ScoredBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,13 +104,16 @@ def corrected_logits(batch: ScoredBatch, temperature: float) -> tuple[torch.Tens
     return pos, neg
 
 
-def listwise_softmax_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
+def listwise_softmax_loss(
+    pos_logits: torch.Tensor, neg_logits: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Softmax cross-entropy with the positive as the label:
-    ``-log( exp(pos) / (exp(pos) + sum_j exp(neg_j)) )``, mean over the batch.
-    ``pos_logits``: ``[B]``; ``neg_logits``: ``[B, C]`` (masked columns already
-    at a large negative value)."""
+    ``-log( exp(pos) / (exp(pos) + sum_j exp(neg_j)) )``, mean over the batch (weighted by
+    ``weight`` ``[B]`` when given). ``pos_logits``: ``[B]``; ``neg_logits``: ``[B, C]``
+    (masked columns already at a large negative value)."""
     logits = torch.cat([pos_logits[:, None], neg_logits], dim=1)
-    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+    labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
 
 
 def squared_error_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -162,16 +170,22 @@ def pairwise_logistic_loss(pos: torch.Tensor, neg: torch.Tensor, neg_valid: torc
 
 
 def cosine_contrastive_loss(
-    pos: torch.Tensor, neg: torch.Tensor, neg_valid: torch.Tensor, margin: float, negative_weight: float
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    neg_valid: torch.Tensor,
+    margin: float,
+    negative_weight: float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The cosine contrastive loss of SimpleX (Mao et al., CIKM 2021): per row
     ``(1 - s+) + w * mean_j max(0, s_j - m)`` over the row's valid negatives, mean over rows.
     Negatives below the margin cost nothing, so the many easy ones do not drown the few
     hard ones; ``w`` balances the two terms. ``pos``: ``[B]``; ``neg``, ``neg_valid``:
-    ``[B, C]``; raw cosines. A row without a valid negative keeps its positive term."""
+    ``[B, C]``; raw cosines; ``weight``: ``[B]`` the rows' weights in the mean, or ``None``.
+    A row without a valid negative keeps its positive term."""
     hinge = torch.where(neg_valid, F.relu(neg - margin), torch.zeros_like(neg))
     per_row = hinge.sum(dim=1) / neg_valid.sum(dim=1).clamp_min(1)
-    return ((1 - pos) + negative_weight * per_row).mean()
+    return weighted_mean((1 - pos) + negative_weight * per_row, weight)
 
 
 def _check_number(key: str, value, strict: bool) -> None:
@@ -184,22 +198,26 @@ def _check_number(key: str, value, strict: bool) -> None:
 
 @dataclass
 class ListwiseLoss:
-    """Listwise training: softmax over one positive and its negatives, temperature ``tau``."""
+    """Listwise training: softmax over one positive and its negatives, temperature ``tau``;
+    each example weighted by its user's training count to the power ``-user_weight_exponent``
+    (:mod:`twotower.example_weights`; 0: every example alike)."""
 
     temperature: float = 0.2
+    user_weight_exponent: float = 0.0
     needs_negatives = True
     trains_on = "positives"
 
     def __post_init__(self) -> None:
         _check_number("loss.temperature", self.temperature, strict=True)
+        _check_number("loss.user_weight_exponent", self.user_weight_exponent, strict=False)
 
     def __call__(self, batch: ScoredBatch) -> torch.Tensor:
         pos, neg = corrected_logits(batch, self.temperature)
         if batch.pos_column is not None:
             # The positive is one of the columns (in-batch): the same softmax with it as the
             # label, without concatenating a separate positive column to [B, C].
-            return F.cross_entropy(neg, batch.pos_column)
-        return listwise_softmax_loss(pos, neg)
+            return weighted_mean(F.cross_entropy(neg, batch.pos_column, reduction="none"), batch.weight)
+        return listwise_softmax_loss(pos, neg, batch.weight)
 
 
 @dataclass
@@ -261,16 +279,19 @@ class CosineContrastiveLoss:
 
     margin: float = 0.9
     negative_weight: float = 150.0
+    user_weight_exponent: float = 0.0  # as ListwiseLoss's
     needs_negatives = True
     trains_on = "positives"
 
     def __post_init__(self) -> None:
+        _check_number("loss.user_weight_exponent", self.user_weight_exponent, strict=False)
         if not (isinstance(self.margin, (int, float)) and not isinstance(self.margin, bool) and -1 <= self.margin <= 1):
             raise ValueError(f"loss.margin={self.margin!r}: expected a cosine in [-1, 1]")
         _check_number("loss.negative_weight", self.negative_weight, strict=True)
 
     def __call__(self, batch: ScoredBatch) -> torch.Tensor:
-        return cosine_contrastive_loss(batch.pos, batch.neg, all_valid(batch.neg, batch.neg_valid), self.margin, self.negative_weight)
+        valid = all_valid(batch.neg, batch.neg_valid)
+        return cosine_contrastive_loss(batch.pos, batch.neg, valid, self.margin, self.negative_weight, batch.weight)
 
 
 @dataclass

@@ -92,7 +92,7 @@ class RetrievalModule(L.LightningModule):
         if batch.stream_items is not None:
             pos_logq, neg_logq = self._streaming_logq(batch, len(pos))
         scored = ScoredBatch(pos=pos, neg=neg, neg_valid=valid, pos_logq=pos_logq, neg_logq=neg_logq,
-                             rating=batch.rating, pos_column=batch.pos_column)  # fmt: skip
+                             rating=batch.rating, pos_column=batch.pos_column, weight=batch.weight)  # fmt: skip
         return self.loss(scored)
 
     def _streaming_logq(self, batch: TrainingBatch, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:

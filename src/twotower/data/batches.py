@@ -37,7 +37,8 @@ class TrainingBatch:
     ``[B]``: the column holding each user's own positive (in-batch). ``hardest``: keep only
     that many highest-scoring negatives per row (online mining). ``stream_items`` /
     ``in_batch_items``: the global batch's positives and the in-batch columns' items, for a
-    streaming frequency estimator (``logq=streaming``)."""
+    streaming frequency estimator (``logq=streaming``). ``weight``: ``[B]`` each example's
+    weight in the loss's mean (``loss.user_weight_exponent``), or ``None``."""
 
     user: Features
     pos: Features
@@ -54,6 +55,7 @@ class TrainingBatch:
     hardest: int | None = None
     stream_items: torch.Tensor | None = None
     in_batch_items: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rating)

@@ -18,6 +18,7 @@ from twotower.data.features import parse_feature_specs
 from twotower.data.prepare import EvalSet, PreparedData, SplitArrays, prepare
 from twotower.data.schema import InteractionData
 from twotower.errors import ConfigError, DataError
+from twotower.example_weights import user_count_weights
 from twotower.launch import split_evenly
 from twotower.samplers import TrainingStats
 
@@ -119,7 +120,9 @@ class RetrievalDataModule(L.LightningDataModule):
     """``source``: a callable returning an :class:`InteractionData` (a loader
     from ``conf/data/*.yaml``). ``sampler``: a callable ``(TrainingStats) ->
     sampler`` (from ``conf/sampler/*.yaml``). ``train_on``: ``"positives"``
-    (clicks) or ``"ratings"`` (every rated interaction, for ``mse``)."""
+    (clicks) or ``"ratings"`` (every rated interaction, for ``mse``).
+    ``user_weight_exponent``: each training example's batch carries the weight
+    ``count(user) ** -exponent`` (:func:`~twotower.example_weights.user_count_weights`; 0: none)."""
 
     def __init__(
         self,
@@ -134,6 +137,7 @@ class RetrievalDataModule(L.LightningDataModule):
         train_on: str = "positives",
         seed: int = 0,
         cross_device_negatives: bool = True,
+        user_weight_exponent: float = 0.0,
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -151,6 +155,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.train_on = train_on
         self.seed = seed
         self.cross_device_negatives = cross_device_negatives
+        self.user_weight_exponent = user_weight_exponent
+        self.example_weights: torch.Tensor | None = None  # [N] per training example, set up with the data
         self.max_eval_scores: int | None = MAX_EVAL_SCORES  # None: the ranking backend bounds its own memory
         self.epoch = 0
         self.data: PreparedData | None = None
@@ -216,6 +222,8 @@ class RetrievalDataModule(L.LightningDataModule):
                 raise DataError(f"{self.data.name}: this loss trains on ratings, but the training split has none")
         else:
             self.train_examples = train.positives()
+        if self.user_weight_exponent:
+            self.example_weights = user_count_weights(self.train_examples.user, self.data.num_users, self.user_weight_exponent)
 
     def world(self) -> tuple[int, int]:
         """``(world_size, global_rank)`` of the Trainer running this DataModule; ``(1, 0)`` alone."""
@@ -259,6 +267,7 @@ class RetrievalDataModule(L.LightningDataModule):
             # The module gathers the other ranks' positives when the columns span the global batch.
             cross_device=world > 1 and self.cross_device_negatives,
             hardest=negatives.hardest,
+            weight=None if self.example_weights is None else self.example_weights.index_select(0, rows),
             **{key: None if value is None else value[mine] for key, value in vars(layout).items()},
         )
         extra = negatives.items

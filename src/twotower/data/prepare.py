@@ -143,6 +143,7 @@ def prepare(
     val_ratio: float = 0.1,
     test_ratio: float = 0.1,
     seed: int = 0,
+    min_val_per_user: int = 0,
 ) -> PreparedData:
     """Split ``data`` and turn it into tensors.
 
@@ -162,11 +163,11 @@ def prepare(
         if len(parts["val"]) == 0 and val_ratio > 0:
             # No validation file (the LightGCN benchmarks): a share of each user's training
             # interactions, seeded; test stays as published.
-            carved = random_split(parts["train"], val_ratio, 0.0, seed)
+            carved = random_split(parts["train"], val_ratio, 0.0, seed, min_val_per_user)
             parts.update(train=carved["train"].reset_index(drop=True), val=carved["val"].reset_index(drop=True))
     else:
         parts = split_interactions(
-            inter.assign(_pos=is_pos), split_kind, is_pos, val_ratio, test_ratio, seed, data.has_timestamps
+            inter.assign(_pos=is_pos), split_kind, is_pos, val_ratio, test_ratio, seed, data.has_timestamps, min_val_per_user
         )
         parts = {k: v.drop(columns="_pos") for k, v in parts.items()}
 

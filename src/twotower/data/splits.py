@@ -69,13 +69,20 @@ def leave_last_out_split(interactions: pd.DataFrame, is_positive: np.ndarray) ->
 
 
 def random_split(
-    interactions: pd.DataFrame, val_ratio: float = 0.1, test_ratio: float = 0.1, seed: int = 0
+    interactions: pd.DataFrame, val_ratio: float = 0.1, test_ratio: float = 0.1, seed: int = 0, min_val_per_user: int = 0
 ) -> dict[str, pd.DataFrame]:
     """Random per-user ratio split (RecBole's protocol): each user's
     interactions are shuffled with ``seed``; ``floor(n * test_ratio)`` go to
     test, ``floor(n * val_ratio)`` to validation, the rest to training.
+
+    ``min_val_per_user`` (with ``val_ratio > 0``): each user gets at least that many validation
+    interactions as long as one stays in training. ``floor`` gives none to a user with fewer
+    than ``1 / val_ratio`` interactions, so validation would average over the heavier users
+    only while test averages over all of them.
     """
     _check_ratios(val_ratio, test_ratio)
+    if isinstance(min_val_per_user, bool) or not isinstance(min_val_per_user, int) or min_val_per_user < 0:
+        raise DataError(f"split.min_val_per_user={min_val_per_user!r}: expected an integer >= 0")
     rng = np.random.default_rng(seed)
     n = len(interactions)
     # Shuffle once globally, then order by user stably: each user's rows end up in a random order.
@@ -90,6 +97,8 @@ def random_split(
     size = counts[codes]
     n_test = np.floor(size * test_ratio).astype(int)
     n_val = np.floor(size * val_ratio).astype(int)
+    if val_ratio > 0 and min_val_per_user > 0:
+        n_val = np.maximum(n_val, np.minimum(min_val_per_user, size - n_test - 1))
     n_train = size - n_test - n_val
     part = np.where(position < n_train, 0, np.where(position < n_train + n_val, 1, 2))
     return {
@@ -108,15 +117,18 @@ def split_interactions(
     test_ratio: float = 0.1,
     seed: int = 0,
     has_timestamps: bool = True,
+    min_val_per_user: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """Dispatch on the configured split kind; refuse a split that leaves nothing to train or
     test on, and a split by time of data that has no timestamps."""
+    if min_val_per_user and kind != "random":
+        raise DataError(f"split.min_val_per_user={min_val_per_user} applies to per-user ratio splits; expected 0 with split.kind={kind!r}")
     if kind in TIMED_SPLITS and not has_timestamps:
         raise DataError(f"split.kind={kind!r} orders interactions by time, but the data has no timestamps; expected split.kind=random")
     splitters = {
         "temporal": lambda: temporal_split(interactions, val_ratio, test_ratio),
         "leave_last_out": lambda: leave_last_out_split(interactions, is_positive),
-        "random": lambda: random_split(interactions, val_ratio, test_ratio, seed),
+        "random": lambda: random_split(interactions, val_ratio, test_ratio, seed, min_val_per_user),
     }
     if kind not in splitters:
         raise DataError(f"split.kind={kind!r}: expected one of {sorted(splitters)} (or 'predefined' with split files)")
