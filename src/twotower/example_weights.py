@@ -4,8 +4,8 @@ A batch's mean loss counts each training pair once, so a user with 800 pairs pul
 model 100 times as hard as one with 8, while Recall@20 and NDCG@20 average over users,
 each once. Weighting each pair by its user's count to the power ``-a`` moves training
 toward that average (``a = 1``: every user counts equally; ``a = 0``: every pair does).
-UltraGCN (Mao et al., CIKM 2021) weights its constraint loss by ``1 / d_u``-type degree
-terms for the same reason.
+UltraGCN (Mao et al., CIKM 2021) weights each pair of its loss by a similar degree term,
+``(1 / d_u) sqrt((d_u + 1) / (d_i + 1))``, derived from graph convolution.
 """
 
 from __future__ import annotations

@@ -58,11 +58,8 @@ def is_trainable(cfg: DictConfig) -> bool:
     return cfg.model.optimizer is not None
 
 
-def build_datamodule(
-    cfg: DictConfig, train_on: str, source: Callable | None = None, user_weight_exponent: float = 0.0
-) -> RetrievalDataModule:
-    """The DataModule of ``cfg`` (not yet set up). ``train_on`` and ``user_weight_exponent``: the
-    loss's (what it trains on; how its batches weight each user's examples);
+def build_datamodule(cfg: DictConfig, train_on: str, source: Callable | None = None) -> RetrievalDataModule:
+    """The DataModule of ``cfg`` (not yet set up). ``train_on``: the loss's ``trains_on``;
     ``source``: a callable returning the interactions, instead of ``cfg.data.source``
     (the benchmarks time or cache it)."""
     data = cfg.data
@@ -78,7 +75,8 @@ def build_datamodule(
         train_on=train_on,
         seed=cfg.seed,
         cross_device_negatives=cfg.distributed.cross_device_negatives,
-        user_weight_exponent=user_weight_exponent,
+        # How the loss weighs each user's examples: the batches carry the weights.
+        user_weight_exponent=(cfg.get("loss") or {}).get("user_weight_exponent", 0.0) if is_trainable(cfg) else 0.0,
     )
 
 
@@ -126,12 +124,7 @@ def build_run(
     if for_training:
         check_devices(cfg)
     loss = build(cfg.loss) if trainable else None
-    datamodule = build_datamodule(
-        cfg,
-        train_on=loss.trains_on if trainable else "positives",
-        source=source,
-        user_weight_exponent=getattr(loss, "user_weight_exponent", 0.0) if trainable else 0.0,
-    )
+    datamodule = build_datamodule(cfg, train_on=loss.trains_on if trainable else "positives", source=source)
     datamodule.setup("fit")
     data = datamodule.data
     check_eval_ks(cfg.eval.ks, data.num_items)
