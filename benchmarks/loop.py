@@ -16,9 +16,10 @@ def hand_loss(model, loss_fn, batch):
 
     if batch.hardest is not None or batch.stream_items is not None or batch.cross_device:
         raise BenchmarkError("the hand-written loop covers neither online_hardest, logq=streaming nor DDP")
-    pos, neg = score_batch(model, batch)
+    pos, neg, walk = score_batch(model, batch)
     scored = ScoredBatch(pos=pos, neg=neg, neg_valid=batch.valid, pos_logq=batch.pos_logq, neg_logq=batch.neg_logq,
-                         rating=batch.rating, pos_column=batch.pos_column)  # fmt: skip
+                         rating=batch.rating, pos_column=batch.pos_column, weight=batch.weight,
+                         walk=walk, walk_logq=batch.walk_logq, walk_same=batch.walk_same)  # fmt: skip
     return loss_fn(scored)
 
 

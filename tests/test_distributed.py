@@ -23,9 +23,11 @@ SCRIPT = Path(__file__).with_name("ddp_equivalence.py")
 
 # Per-rank batch B = 32 on 2 ranks against one process with 2B = 64; the two-tower model with
 # features and MLPs, listwise loss, in-batch negatives: logQ from counts, from the streaming
-# estimator, and (to show the comparison can fail) without cross-device negatives.
+# estimator, with walk labels (drawn for the global batch), and (to show the comparison can fail)
+# without cross-device negatives.
 VARIANTS = {
     "counts": "data.batch_size=64,sampler.logq=counts",
+    "walk": "data.batch_size=64,sampler.logq=counts,loss.walk_label_weight=0.3",
     "streaming": "data.batch_size=64,sampler.logq=streaming",
     "local": "data.batch_size=64,distributed.cross_device_negatives=false",
 }
@@ -43,9 +45,9 @@ def first_steps(tmp_path_factory) -> dict[str, tuple[dict, dict, dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("logq", ["counts", "streaming"])
-def test_two_ranks_equal_one_process_with_the_global_batch(first_steps, logq):
-    single, rank0, rank1 = first_steps[logq]
+@pytest.mark.parametrize("variant", ["counts", "streaming", "walk"])
+def test_two_ranks_equal_one_process_with_the_global_batch(first_steps, variant):
+    single, rank0, rank1 = first_steps[variant]
     # The loss of the global batch is the mean of the ranks' losses (equal shares).
     torch.testing.assert_close((rank0["loss"] + rank1["loss"]) / 2, single["loss"], rtol=0, atol=1e-5)
     assert single["grads"].keys() == rank0["grads"].keys() and len(single["grads"]) > 10

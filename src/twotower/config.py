@@ -43,6 +43,13 @@ def check_loss_sampler(loss, sampler, names: dict[str, str] | None = None) -> No
             f"{pair}: the loss regresses observed ratings and would ignore the negatives; "
             "use sampler=none (model=matrix_completion selects it)"
         )
+    if getattr(loss, "walk_label_weight", 0) and (
+        not hasattr(sampler, "label_logq") or getattr(sampler, "logq", None) == "streaming"
+    ):
+        raise ConfigError(
+            f"{pair}: loss.walk_label_weight scores the walk's label as the positive is scored, which this sampler "
+            "does not say how to do; use sampler=in_batch (logq counts or none), mixed, uniform or popularity"
+        )
 
 
 def _is_int(value) -> bool:

@@ -75,6 +75,9 @@ class ScoredBatch:
     ``rating``: ``[B]`` observed ratings (for ``mse``), or ``None``.
     ``weight``: ``[B]`` each example's weight in the batch's mean (``user_weight_exponent``),
     or ``None`` for the plain mean.
+    ``walk`` ``[B]``: the score of each user with its walk label (``walk_label_weight``), or
+    ``None``; ``walk_logq`` ``[B]`` that label's ``log q`` (as ``pos_logq``), ``walk_same``
+    ``[B]`` True where the label is the positive itself.
     """
 
     pos: torch.Tensor
@@ -85,6 +88,9 @@ class ScoredBatch:
     rating: torch.Tensor | None = None
     pos_column: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    walk: torch.Tensor | None = None
+    walk_logq: torch.Tensor | None = None
+    walk_same: torch.Tensor | None = None
 
 
 def corrected_logits(batch: ScoredBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,9 +117,27 @@ def listwise_softmax_loss(
     ``-log( exp(pos) / (exp(pos) + sum_j exp(neg_j)) )``, mean over the batch (weighted by
     ``weight`` ``[B]`` when given). ``pos_logits``: ``[B]``; ``neg_logits``: ``[B, C]``
     (masked columns already at a large negative value)."""
+    return weighted_mean(F.cross_entropy(*positive_first(pos_logits, neg_logits), reduction="none"), weight)
+
+
+def positive_first(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [B, 1 + C], labels [B])``: the positive's logit ``[B]`` as column 0 before the
+    negatives' ``[B, C]``, and 0, its column, as every row's label."""
     logits = torch.cat([pos_logits[:, None], neg_logits], dim=1)
-    labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
-    return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
+    return logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+
+
+def with_walk_label(
+    label_terms: torch.Tensor, logits: torch.Tensor, walk_logits: torch.Tensor, walk_same: torch.Tensor, share: float
+) -> torch.Tensor:
+    """Each row's loss with a second, softer label: ``(1 - a) * CE(label) + a * CE(walk)``, where
+    ``CE(walk) = -log( exp(w) / (exp(w) + sum_c exp(logit_c)) )``: the walk's end ``w`` scored
+    against the row's own columns (the label among them), so it is pulled up only as far as the
+    columns let it, never without bound. Where the walk ended at the label itself
+    (``walk_same``), both terms are ``CE(label)``. ``label_terms``: ``[B]`` ``CE(label)``;
+    ``logits``: ``[B, C]`` every column of the row's softmax; ``walk_logits``: ``[B]``."""
+    walk_terms = torch.logaddexp(torch.logsumexp(logits, dim=1), walk_logits) - walk_logits
+    return (1 - share) * label_terms + share * torch.where(walk_same, label_terms, walk_terms)
 
 
 def squared_error_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -200,24 +224,38 @@ def _check_number(key: str, value, strict: bool) -> None:
 class ListwiseLoss:
     """Listwise training: softmax over one positive and its negatives, temperature ``tau``;
     each example weighted by its user's training count to the power ``-user_weight_exponent``
-    (:mod:`twotower.example_weights`; 0: every example alike)."""
+    (:mod:`twotower.example_weights`; 0: every example alike); a share ``walk_label_weight`` of
+    each example's label given to where a two-step walk from its positive ended
+    (:func:`with_walk_label`, :mod:`twotower.graph_walk`; 0: none)."""
 
     temperature: float = 0.2
     user_weight_exponent: float = 0.0
+    walk_label_weight: float = 0.0
     needs_negatives = True
     trains_on = "positives"
 
     def __post_init__(self) -> None:
         _check_number("loss.temperature", self.temperature, strict=True)
         _check_number("loss.user_weight_exponent", self.user_weight_exponent, strict=False)
+        _check_number("loss.walk_label_weight", self.walk_label_weight, strict=False)
+        if self.walk_label_weight >= 1:
+            raise ValueError(f"loss.walk_label_weight={self.walk_label_weight!r}: expected a share in [0, 1)")
 
     def __call__(self, batch: ScoredBatch) -> torch.Tensor:
         pos, neg = corrected_logits(batch, self.temperature)
         if batch.pos_column is not None:
             # The positive is one of the columns (in-batch): the same softmax with it as the
             # label, without concatenating a separate positive column to [B, C].
-            return weighted_mean(F.cross_entropy(neg, batch.pos_column, reduction="none"), batch.weight)
-        return listwise_softmax_loss(pos, neg, batch.weight)
+            logits, labels = neg, batch.pos_column
+        else:
+            logits, labels = positive_first(pos, neg)
+        terms = F.cross_entropy(logits, labels, reduction="none")
+        if self.walk_label_weight and batch.walk is not None:
+            walk = batch.walk / self.temperature
+            if batch.walk_logq is not None:
+                walk = walk - batch.walk_logq
+            terms = with_walk_label(terms, logits, walk, batch.walk_same, self.walk_label_weight)
+        return weighted_mean(terms, batch.weight)
 
 
 @dataclass

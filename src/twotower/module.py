@@ -84,7 +84,7 @@ class RetrievalModule(L.LightningModule):
     def batch_loss(self, batch: TrainingBatch) -> torch.Tensor:
         """The loss of one training batch (this rank's share of it under DDP)."""
         # Under DDP the in-batch columns are every rank's positives (gradients flow back).
-        pos, neg = score_batch(self.model, batch, gather_with_grad)
+        pos, neg, walk = score_batch(self.model, batch, gather_with_grad)
         valid = batch.valid
         if batch.hardest is not None and neg is not None:  # online hard-negative mining
             valid = keep_hardest(neg, valid, batch.hardest)
@@ -92,7 +92,8 @@ class RetrievalModule(L.LightningModule):
         if batch.stream_items is not None:
             pos_logq, neg_logq = self._streaming_logq(batch, len(pos))
         scored = ScoredBatch(pos=pos, neg=neg, neg_valid=valid, pos_logq=pos_logq, neg_logq=neg_logq,
-                             rating=batch.rating, pos_column=batch.pos_column, weight=batch.weight)  # fmt: skip
+                             rating=batch.rating, pos_column=batch.pos_column, weight=batch.weight,
+                             walk=walk, walk_logq=batch.walk_logq, walk_same=batch.walk_same)  # fmt: skip
         return self.loss(scored)
 
     def _streaming_logq(self, batch: TrainingBatch, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -128,9 +128,14 @@ class InBatchSampler:
         self.online_hardest = online_hardest
         self.log_p = torch.log(batch_probabilities(item_counts).clamp_min(1e-12))
 
+    def label_logq(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """``[B]`` what each label's logit has subtracted (its ``log p`` as an in-batch
+        candidate), or ``None`` (no correction, or one estimated while training)."""
+        return self.log_p[labels] if self.logq == "counts" else None
+
     def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
-        logq = self.log_p[positives] if self.logq == "counts" else None
-        return Negatives(in_batch=True, positives_logq=logq, hardest=self.online_hardest, streaming_logq=self.logq == "streaming")
+        return Negatives(in_batch=True, positives_logq=self.label_logq(positives), hardest=self.online_hardest,
+                         streaming_logq=self.logq == "streaming")  # fmt: skip
 
 
 class CorpusSampler:
@@ -160,6 +165,10 @@ class CorpusSampler:
             return torch.randint(len(self.probs), (k,), generator=generator)
         return torch.multinomial(self.probs, k, replacement=True, generator=generator)
 
+    def label_logq(self, labels: torch.Tensor) -> None:
+        """A label is scored apart from the sampled columns: no correction."""
+        return None
+
     def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
         if self.shared:
             items = self.draw(self.num_negatives, generator)
@@ -188,15 +197,20 @@ class MixedSampler:
         self.in_batch = InBatchSampler(item_counts, logq)
         self.corpus = CorpusSampler(item_counts.float() ** alpha if alpha else torch.ones_like(item_counts, dtype=torch.float), num_negatives, shared=True)
 
+    def label_logq(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """``[B]`` each label's ``log(B * p)`` as an in-batch candidate of a batch of ``B``, or ``None``."""
+        if not self.logq_correction:
+            return None
+        return self.in_batch.log_p[labels] + torch.log(torch.tensor(float(len(labels))))
+
     def sample(self, users: torch.Tensor, positives: torch.Tensor, generator: torch.Generator) -> Negatives:
         items = self.corpus.draw(self.corpus.num_negatives, generator)
         if not self.logq_correction:
             return Negatives(items=items, in_batch=True)
-        batch = float(len(positives))
         return Negatives(
             items=items,
             in_batch=True,
-            positives_logq=self.in_batch.log_p[positives] + torch.log(torch.tensor(batch)),
+            positives_logq=self.label_logq(positives),
             items_logq=self.corpus.log_q[items] + torch.log(torch.tensor(float(len(items)))),
         )
 

@@ -77,6 +77,7 @@ def build_datamodule(cfg: DictConfig, train_on: str, source: Callable | None = N
         cross_device_negatives=cfg.distributed.cross_device_negatives,
         # How the loss weighs each user's examples: the batches carry the weights.
         user_weight_exponent=(cfg.get("loss") or {}).get("user_weight_exponent", 0.0) if is_trainable(cfg) else 0.0,
+        walk_labels=bool((cfg.get("loss") or {}).get("walk_label_weight", 0.0)) if is_trainable(cfg) else False,
     )
 
 

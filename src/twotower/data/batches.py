@@ -38,7 +38,11 @@ class TrainingBatch:
     that many highest-scoring negatives per row (online mining). ``stream_items`` /
     ``in_batch_items``: the global batch's positives and the in-batch columns' items, for a
     streaming frequency estimator (``logq=streaming``). ``weight``: ``[B]`` each example's
-    weight in the loss's mean (``loss.user_weight_exponent``), or ``None``."""
+    weight in the loss's mean (``loss.user_weight_exponent``), or ``None``. ``walk``: the
+    features of each example's walk label (``loss.walk_label_weight``: where a two-step walk
+    from its positive ended, :mod:`twotower.graph_walk`), ``walk_logq`` ``[B]`` its log
+    probability as an in-batch candidate (``None`` without a logQ correction), ``walk_same``
+    ``[B]`` True where the walk ended at the positive itself."""
 
     user: Features
     pos: Features
@@ -56,6 +60,9 @@ class TrainingBatch:
     stream_items: torch.Tensor | None = None
     in_batch_items: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    walk: Features | None = None
+    walk_logq: torch.Tensor | None = None
+    walk_same: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rating)

@@ -19,6 +19,7 @@ from twotower.data.prepare import EvalSet, PreparedData, SplitArrays, prepare
 from twotower.data.schema import InteractionData
 from twotower.errors import ConfigError, DataError
 from twotower.example_weights import user_count_weights
+from twotower.graph_walk import TwoStepWalk
 from twotower.launch import split_evenly
 from twotower.samplers import TrainingStats
 
@@ -122,7 +123,9 @@ class RetrievalDataModule(L.LightningDataModule):
     sampler`` (from ``conf/sampler/*.yaml``). ``train_on``: ``"positives"``
     (clicks) or ``"ratings"`` (every rated interaction, for ``mse``).
     ``user_weight_exponent``: each training example's batch carries the weight
-    ``count(user) ** -exponent`` (:func:`~twotower.example_weights.user_count_weights`; 0: none)."""
+    ``count(user) ** -exponent`` (:func:`~twotower.example_weights.user_count_weights`; 0: none).
+    ``walk_labels``: each example also carries where a two-step walk on the training pairs from
+    its positive ended (:class:`~twotower.graph_walk.TwoStepWalk`; ``loss.walk_label_weight``)."""
 
     def __init__(
         self,
@@ -138,6 +141,7 @@ class RetrievalDataModule(L.LightningDataModule):
         seed: int = 0,
         cross_device_negatives: bool = True,
         user_weight_exponent: float = 0.0,
+        walk_labels: bool = False,
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -157,6 +161,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.cross_device_negatives = cross_device_negatives
         self.user_weight_exponent = user_weight_exponent
         self.example_weights: torch.Tensor | None = None  # [N] per training example, set up with the data
+        self.walk_labels = walk_labels
+        self.walk: TwoStepWalk | None = None  # over the training positives, set up with the data
         self.max_eval_scores: int | None = MAX_EVAL_SCORES  # None: the ranking backend bounds its own memory
         self.epoch = 0
         self.data: PreparedData | None = None
@@ -222,6 +228,9 @@ class RetrievalDataModule(L.LightningDataModule):
                 raise DataError(f"{self.data.name}: this loss trains on ratings, but the training split has none")
         else:
             self.train_examples = train.positives()
+        if self.walk_labels:
+            ex = self.train_examples
+            self.walk = TwoStepWalk(ex.user, ex.item, self.data.num_users, self.data.num_items)
         if self.user_weight_exponent:
             self.example_weights = user_count_weights(self.train_examples.user, self.data.num_users, self.user_weight_exponent)
 
@@ -250,6 +259,10 @@ class RetrievalDataModule(L.LightningDataModule):
                 rows, users, items = rows[mine], users[mine], items[mine]
                 mine = slice(None)
         negatives = self.sampler.sample(users, items, generator)
+        walk = walk_logq = None
+        if self.walk is not None:  # drawn for the global batch, as the negatives are: every rank alike
+            walk = self.walk.sample(items, generator)
+            walk_logq = self.sampler.label_logq(walk)
         layout = build_layout(users, items, negatives, data.is_train_positive)
         in_batch_items = items  # the in-batch columns: the global batch's positives, or this rank's
         users, items, rows = users[mine], items[mine], rows[mine]
@@ -270,6 +283,9 @@ class RetrievalDataModule(L.LightningDataModule):
             weight=None if self.example_weights is None else self.example_weights.index_select(0, rows),
             **{key: None if value is None else value[mine] for key, value in vars(layout).items()},
         )
+        if walk is not None:
+            batch.walk, batch.walk_same = item_features.gather(walk[mine]), walk[mine] == items
+            batch.walk_logq = None if walk_logq is None else walk_logq[mine]
         extra = negatives.items
         if extra is not None:
             if extra.dim() == 2:

@@ -52,10 +52,13 @@ def score_candidates(
     return pos, (torch.cat(parts, dim=1) if parts else None)
 
 
-def score_batch(model, batch: TrainingBatch, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(pos [B], neg [B, C] or None)``: a training batch through the model's towers, each
-    user scored with its positive and its negative columns. ``gather``: under DDP with
-    cross-device negatives, ``[B, D]`` positives -> every rank's ``[W * B, D]`` (with gradients)."""
+def score_batch(
+    model, batch: TrainingBatch, gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(pos [B], neg [B, C] or None, walk [B] or None)``: a training batch through the model's
+    towers, each user scored with its positive, its negative columns and its walk label (when
+    the batch has them). ``gather``: under DDP with cross-device negatives, ``[B, D]`` positives
+    -> every rank's ``[W * B, D]`` (with gradients)."""
     users = model.encode_users(batch.user)
     positives = model.encode_items(batch.pos)
     extra = None
@@ -69,7 +72,9 @@ def score_batch(model, batch: TrainingBatch, gather: Callable[[torch.Tensor], to
         if batch.cross_device and gather is None:
             raise ValueError("a batch with cross-device negatives needs gather (the other ranks' positives)")
         in_batch = gather(positives) if batch.cross_device else positives
-    return score_candidates(users, positives, extra, in_batch, model.score_pairs, model.score_matrix)
+    pos, neg = score_candidates(users, positives, extra, in_batch, model.score_pairs, model.score_matrix)
+    walk = None if batch.walk is None else model.score_pairs(users, model.encode_items(batch.walk))
+    return pos, neg, walk
 
 
 @torch.no_grad()
