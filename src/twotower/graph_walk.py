@@ -42,14 +42,3 @@ class TwoStepWalk:
     def sample(self, starts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         via = _uniform_member(self.item_ptr, self.item_users, starts, generator)
         return _uniform_member(self.user_ptr, self.user_items, via, generator)
-
-    def transition_matrix(self, num_items: int) -> torch.Tensor:
-        """``[N, N]`` dense ``P(j | i)`` (rows of items without pairs are zero): the
-        distribution :meth:`sample` draws from, for checks on small graphs."""
-        num_users = len(self.user_ptr) - 1
-        pairs = torch.zeros(num_users, num_items, dtype=torch.float64)
-        users = torch.repeat_interleave(torch.arange(num_users), self.user_ptr.diff())
-        pairs[users, self.user_items] = 1.0
-        by_user = pairs / pairs.sum(1, keepdim=True).clamp_min(1)
-        by_item = pairs.T / pairs.T.sum(1, keepdim=True).clamp_min(1)
-        return by_item @ by_user
