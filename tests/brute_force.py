@@ -31,6 +31,11 @@ def brute_force_test_metrics(run_dir: str | Path, k: int, split: str = "test") -
         items = run.model.encode_items(dm.packed("item").gather(torch.arange(data.num_items)))
     prior = run.module.popularity_prior
     log_prior = None if prior is None else independent_log_prior(data, prior.half_life_days, split)
+    p3 = None
+    if run.module.covisit_weight:
+        observed = [data.splits[name].positives() for name in parts_before(split)]
+        pair_users, pair_items = (np.concatenate([getattr(p, side).numpy() for p in observed]) for side in ("user", "item"))
+        p3 = independent_p3(pair_users, pair_items, data.num_users, data.num_items)
     recalls, ndcgs = [], []
     for start in range(0, count, 256):  # bounded [256, N] scores
         users = es.users[start : min(start + 256, count)]
@@ -39,6 +44,8 @@ def brute_force_test_metrics(run_dir: str | Path, k: int, split: str = "test") -
         if prior is not None:
             weight = np.where(es.warm[start : start + len(users)].numpy(), prior.warm_weight, prior.cold_weight)
             scores = scores + weight[:, None] * log_prior[None, :]
+        if run.module.covisit_weight:
+            scores = scores + run.module.covisit_weight * p3[users.numpy()]
         for row, u in enumerate(range(start, start + len(users))):
             targets = set(es.target_items[es.target_ptr[u] : es.target_ptr[u + 1]].tolist())
             seen = set(es.seen_items[es.seen_ptr[u] : es.seen_ptr[u + 1]].tolist())
@@ -51,9 +58,24 @@ def brute_force_test_metrics(run_dir: str | Path, k: int, split: str = "test") -
     return {f"{split}/recall@{k}": sum(recalls) / count, f"{split}/ndcg@{k}": sum(ndcgs) / count}
 
 
+def parts_before(split: str) -> tuple[str, ...]:
+    """The splits whose positives are observed before ``split`` is ranked."""
+    return ("train", "val") if split == "test" else ("train",)
+
+
+def independent_p3(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> np.ndarray:
+    """``[num_users, num_items]``: where a walk user -> item -> user -> item over the distinct pairs
+    ends, each step uniform, each row over its maximum (a dense product of transition matrices)."""
+    pairs = np.zeros((num_users, num_items))
+    pairs[users, items] = 1.0
+    step = lambda m: m / np.maximum(m.sum(1, keepdims=True), 1)  # noqa: E731 - rows to probabilities
+    p3 = step(pairs) @ step(pairs.T) @ step(pairs)
+    return p3 / np.where(p3.max(1, keepdims=True) > 0, p3.max(1, keepdims=True), 1)
+
+
 def independent_log_prior(data, half_life_days: float | None, split: str = "test") -> np.ndarray:
     """``[N]`` log(1 + clicks before ``split``'s period), each click weighted 0.5 per half-life of age."""
-    parts = [data.splits[name].positives() for name in (("train", "val") if split == "test" else ("train",))]
+    parts = [data.splits[name].positives() for name in parts_before(split)]
     items = np.concatenate([p.item.numpy() for p in parts])
     weight = np.ones(len(items))
     if half_life_days is not None:

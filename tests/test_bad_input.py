@@ -111,6 +111,8 @@ def test_unknown_config_option_is_refused_with_the_options():
         (["loss.walk_label_weight=1.0"], ConfigError, ["loss.walk_label_weight=1.0: expected a share in [0, 1)"]),
         (["loss.walk_label_weight=0.2", "sampler=hard"], ConfigError, ["loss.walk_label_weight", "use sampler=in_batch"]),
         (["loss.walk_label_weight=0.2", "sampler.logq=streaming"], ConfigError, ["loss.walk_label_weight", "logq counts or none"]),
+        (["model.covisit_weight=-0.1"], ConfigError, ["model.covisit_weight=-0.1: expected a number >= 0"]),
+        (["model.covisit_weight=0.2", "eval.backend=faiss"], ConfigError, ["model.covisit_weight", "expected eval.backend=torch"]),
         (["loss=pairwise_hinge", "loss.margin=-0.5"], ConfigError, ["loss.margin=-0.5: expected >= 0"]),
         (["loss=pairwise_logistic", "loss.sigma=0"], ConfigError, ["loss.sigma=0: expected > 0"]),
         (["sampler=hard", "sampler.lo=50", "sampler.hi=10"], ConfigError, ["sampler.lo=50, sampler.hi=10", "1 <= lo <= hi"]),
@@ -122,7 +124,7 @@ def test_unknown_config_option_is_refused_with_the_options():
         (["eval.popularity_bands=[0.5,0.2]"], ConfigError, ["eval.popularity_bands=[0.5, 0.2]: expected the ends of the head and the torso"]),
     ],
     ids=["k_zero", "k_negative", "monitor_k_not_in_ks", "temperature_zero", "temperature_negative",
-         "walk_share_one", "walk_with_hard", "walk_with_streaming", "margin_negative",
+         "walk_share_one", "walk_with_hard", "walk_with_streaming", "covisit_negative", "covisit_with_faiss", "margin_negative",
          "sigma_zero", "hard_window_lo_gt_hi", "batch_size_zero", "no_validation_split", "mse_in_batch", "listwise_none",
          "progress_refresh_zero", "popularity_bands_reversed"],
 )  # fmt: skip

@@ -14,7 +14,7 @@ import twotower
 LAYERS = {
     0: {"twotower", "errors", "launch", "fsutil", "integrity", "cli", "wandb_runs", "metric_names"},
     1: {"frequency", "metrics", "topk", "step_memory", "optim", "distributed", "index", "artifacts", "config", "report", "compare",
-        "per_user", "significance", "compare_significance", "prior", "example_weights", "graph_walk"},
+        "per_user", "significance", "compare_significance", "prior", "example_weights", "graph_walk", "covisit"},
     2: {"samplers", "losses", "checkpoints", "loggers", "runs"},
     3: {"data"},
     4: {"models"},

@@ -85,6 +85,11 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
             "a user vector blended with the history (model.net.history_weight) has no standalone user tower to "
             "export yet; expected a model without history_weight (its item vectors and metrics are evaluated as usual)"
         )
+    if run.module.covisit_weight:
+        raise ValueError(
+            f"model.covisit_weight={run.module.covisit_weight:g}: the co-visitation score is added at exact ranking "
+            "only and is not exported yet; expected a run with model.covisit_weight=0 (its towers export as they are)"
+        )
     data = run.data
     target = Path(out) if out is not None else run_dir_of(ckpt_path) / "export"
     if target.exists() and not overwrite:

@@ -8,6 +8,7 @@ import csv
 import io
 import logging
 import re
+import warnings
 from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
@@ -32,7 +33,12 @@ class LightningNoise(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Install :class:`LightningNoise` on the loggers Lightning's ``rank_zero_info`` writes to (once)."""
+    """Install :class:`LightningNoise` on the loggers Lightning's ``rank_zero_info`` writes to (once),
+    and ignore two warnings Lightning raises on every run that say nothing about the user's run:
+    a torch 2.13 deprecation inside Lightning, and a note about worker processes (batches are
+    built in-process)."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, LightningNoise) for f in logger.filters):

@@ -13,6 +13,7 @@ from torch import nn
 
 import twotower
 from twotower.checkpoints import rng_state, set_rng_state
+from twotower.covisit import CoVisitation
 from twotower.data.batches import EvalBatch, TrainingBatch
 from twotower.distributed import gather_with_grad
 from twotower.frequency import StreamingFrequencyEstimator
@@ -30,7 +31,8 @@ class RetrievalModule(L.LightningModule):
     taking the parameters; ``scheduler``: a partial taking the optimizer, or
     ``None`` for a constant learning rate, stepped once per epoch (``monitor``: the
     validation metric a plateau scheduler watches); ``ks``: cut-offs for the
-    ranking metrics."""
+    ranking metrics; ``covisit_weight``: ``w`` of the co-visitation score added to the
+    exact scores when ranking (:mod:`twotower.covisit`; 0: none)."""
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class RetrievalModule(L.LightningModule):
         popularity_bands: tuple[float, float] = BANDS,
         popularity_prior: PopularityPrior | None = None,
         weight_search: WeightSearch | None = None,
+        covisit_weight: float = 0.0,
     ):
         super().__init__()
         if not ks or min(ks) < 1:
@@ -71,6 +74,9 @@ class RetrievalModule(L.LightningModule):
         self.eval_backend = eval_backend
         self.popularity_prior = popularity_prior  # added to the scores when ranking (twotower.prior)
         self.weight_search = weight_search  # its weights chosen at every validation (None: fixed)
+        self.covisit_weight = covisit_weight
+        self._covisit: CoVisitation | None = None
+        self.val_metrics: dict[str, float] = {}
         self._candidate_rankings: list | None = None
         self._faiss_index = None
         self._item_vectors: torch.Tensor | None = None
@@ -139,6 +145,9 @@ class RetrievalModule(L.LightningModule):
             self._item_vectors = append_column(self._item_vectors, log_prior)
         if self.eval_backend == "faiss":
             self._faiss_index = build_faiss_index(self._item_vectors)
+        if self.covisit_weight:  # the walks go over the pairs observed before the ranked split
+            data = self.trainer.datamodule.data
+            self._covisit = CoVisitation(*data.pairs_before(split), data.num_users, data.num_items)
         self._accumulator = RankingAccumulator(self.ks, self.item_counts.cpu(), self.popularity_bands)
         # Choosing the prior's weights: on validation only, never on test.
         self._candidate_rankings = [] if split == "val" and self.weight_search is not None else None
@@ -151,6 +160,8 @@ class RetrievalModule(L.LightningModule):
             hits, num_targets = match_targets(topk, batch.target_rows.cpu(), batch.target_items.cpu(), num_items)
             return topk, hits, num_targets
         scores = self.model.score_matrix(user_vecs, self._item_vectors)  # [U, N]
+        if self._covisit is not None:
+            scores = scores + self.covisit_weight * self._covisit.scores(batch.user["index"].cpu()).to(scores)
         return rank_and_match(scores, batch.seen_rows, batch.seen_items, batch.target_rows, batch.target_items, k)
 
     def _eval_step(self, batch: EvalBatch) -> None:
@@ -209,7 +220,7 @@ class RetrievalModule(L.LightningModule):
                             f"{prefix}/prior/cold_weight": self.popularity_prior.cold_weight})  # fmt: skip
         if prefix == "test":
             self.test_per_user = self._accumulator.per_user(prefix)
-        self._item_vectors, self._accumulator, self._faiss_index = None, None, None
+        self._item_vectors, self._accumulator, self._faiss_index, self._covisit = None, None, None, None
         logged = dict(metrics)
         if prefix == "val" and self._fit_started is not None:
             # Wall time since this process started fitting: time-to-quality reads it from the CSV log.
@@ -227,7 +238,7 @@ class RetrievalModule(L.LightningModule):
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._end_eval("val")
+        self.val_metrics = self._end_eval("val")
 
     def on_test_epoch_start(self) -> None:
         self._start_eval("test")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -30,10 +29,6 @@ from twotower.wiring import Run, build_run
 
 log = logging.getLogger("twotower")
 
-# Two warnings Lightning raises on every run that say nothing about the user's run: a torch 2.13
-# deprecation inside Lightning, and a note about worker processes (batches are built in-process).
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
 def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, float]:
@@ -81,7 +76,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
             write_results(metrics, run_dir)
             write_test_per_user(run, run_dir, reference.per_user("popularity/test"))
             log_summary(metrics)
-            print(f"\nTest metrics ({data.name}, {cfg.model.name}):\n{format_table(metrics, 'test')}\n{prior_line(run)}run directory: {run_dir}")
+            print(f"\nTest metrics ({data.name}, {cfg.model.name}):\n{format_table(metrics, 'test')}\n{prior_line(run)}{covisit_line(run)}run directory: {run_dir}")
         exit_code = 0
         return metrics
     finally:
@@ -97,6 +92,12 @@ def prior_line(run: Run) -> str:
     age = "every click alike" if prior.half_life_days is None else f"half-life {prior.half_life_days:g} days"
     return (f"popularity prior: warm weight {prior.warm_weight:g}{how(search and search.warm)}, cold weight "
             f"{prior.cold_weight:g}{how(search and search.cold)}, {age}\n")
+
+
+def covisit_line(run: Run) -> str:
+    """What the co-visitation score added to the model's scores, for the end-of-run printout."""
+    weight = run.module.covisit_weight
+    return f"co-visitation score: weight {weight:g} (twotower.covisit)\n" if weight else ""
 
 
 def run_loggers(cfg: DictConfig, run_dir: Path, config: dict) -> list:

@@ -10,8 +10,9 @@ here, before anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -135,7 +136,10 @@ def build_run(
     if hasattr(model, "read_features"):
         datamodule.read_only(model.read_features)
     on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
-    eval_backend = choose_backend(cfg.eval.backend, getattr(model, "factorizes", False), data.num_items, on_gpu)
+    covisit_weight = check_covisit_weight(cfg.model.get("covisit_weight", 0.0), cfg.eval.backend)
+    # The co-visitation score is added to the exact scores: auto means torch then.
+    requested = "torch" if covisit_weight and cfg.eval.backend == "auto" else cfg.eval.backend
+    eval_backend = choose_backend(requested, getattr(model, "factorizes", False), data.num_items, on_gpu)
     if eval_backend == "faiss":
         datamodule.max_eval_scores = None  # FAISS never holds users x items scores: larger user chunks
     prior, weight_search = build_prior(cfg, model, data)
@@ -154,8 +158,18 @@ def build_run(
         popularity_bands=tuple(cfg.eval.get("popularity_bands", BANDS)),
         popularity_prior=prior,
         weight_search=weight_search,
+        covisit_weight=covisit_weight,
     )
     return Run(cfg=cfg, datamodule=datamodule, model=model, loss=loss, module=module)
+
+
+def check_covisit_weight(weight, eval_backend: str) -> float:
+    """``model.covisit_weight`` as a float: a number >= 0, and 0 with ``eval.backend=faiss``."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ConfigError(f"model.covisit_weight={weight!r}: expected a number >= 0 (0: no co-visitation score)")
+    if weight and eval_backend == "faiss":
+        raise ConfigError("model.covisit_weight adds a score that FAISS does not index: expected eval.backend=torch, or model.covisit_weight=0")
+    return float(weight)
 
 
 def build_prior(cfg: DictConfig, model: torch.nn.Module, data: PreparedData) -> tuple[PopularityPrior | None, WeightSearch | None]:

@@ -71,12 +71,21 @@ class PreparedData:
     def num_items(self) -> int:
         return len(self.item_ids)
 
+    def _positives_before(self, split: str) -> list[SplitArrays]:
+        """The positives observed before ``split`` is ranked: the training ones for ``val``;
+        training and validation ones for ``test`` (and for serving)."""
+        return [self.splits["train"].positives()] + ([self.splits["val"].positives()] if split == "test" else [])
+
     def clicks_before(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The positives observed before ``split`` is ranked, ``(items [M], times [M] or None)``:
-        the training ones for ``val``; training and validation ones for ``test`` (and for serving)."""
-        parts = [self.splits["train"].positives()] + ([self.splits["val"].positives()] if split == "test" else [])
+        """``(items [M], times [M] or None)`` of the positives observed before ``split``."""
+        parts = self._positives_before(split)
         times = None if any(p.time is None for p in parts) else torch.cat([p.time for p in parts])
         return torch.cat([p.item for p in parts]), times
+
+    def pairs_before(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(users [M], items [M])`` of the positives observed before ``split``."""
+        parts = self._positives_before(split)
+        return torch.cat([p.user for p in parts]), torch.cat([p.item for p in parts])
 
 
 def present(ids: np.ndarray, size: int) -> np.ndarray:
