@@ -35,7 +35,7 @@ def brute_force_test_metrics(run_dir: str | Path, k: int, split: str = "test") -
     if run.module.covisit_weight:
         observed = [data.splits[name].positives() for name in parts_before(split)]
         pair_users, pair_items = (np.concatenate([getattr(p, side).numpy() for p in observed]) for side in ("user", "item"))
-        p3 = independent_p3(pair_users, pair_items, data.num_users, data.num_items)
+        p3 = independent_p3(pair_users, pair_items, data.num_users, data.num_items, es.users[:count].numpy())
     recalls, ndcgs = [], []
     for start in range(0, count, 256):  # bounded [256, N] scores
         users = es.users[start : min(start + 256, count)]
@@ -45,7 +45,7 @@ def brute_force_test_metrics(run_dir: str | Path, k: int, split: str = "test") -
             weight = np.where(es.warm[start : start + len(users)].numpy(), prior.warm_weight, prior.cold_weight)
             scores = scores + weight[:, None] * log_prior[None, :]
         if run.module.covisit_weight:
-            scores = scores + run.module.covisit_weight * p3[users.numpy()]
+            scores = scores + run.module.covisit_weight * p3[start : start + len(users)]
         for row, u in enumerate(range(start, start + len(users))):
             targets = set(es.target_items[es.target_ptr[u] : es.target_ptr[u + 1]].tolist())
             seen = set(es.seen_items[es.seen_ptr[u] : es.seen_ptr[u + 1]].tolist())
@@ -63,14 +63,24 @@ def parts_before(split: str) -> tuple[str, ...]:
     return ("train", "val") if split == "test" else ("train",)
 
 
-def independent_p3(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> np.ndarray:
-    """``[num_users, num_items]``: where a walk user -> item -> user -> item over the distinct pairs
-    ends, each step uniform, each row over its maximum (a dense product of transition matrices)."""
-    pairs = np.zeros((num_users, num_items))
-    pairs[users, items] = 1.0
-    step = lambda m: m / np.maximum(m.sum(1, keepdims=True), 1)  # noqa: E731 - rows to probabilities
-    p3 = step(pairs) @ step(pairs.T) @ step(pairs)
-    return p3 / np.where(p3.max(1, keepdims=True) > 0, p3.max(1, keepdims=True), 1)
+def independent_p3(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, rows: np.ndarray) -> np.ndarray:
+    """``[len(rows), num_items]``: for each user of ``rows``, where a walk user -> item -> user ->
+    item over the distinct pairs ends, each step uniform, over its maximum. Every path of the
+    walk is enumerated (no matrix product: on Gowalla a dense one would not fit in memory)."""
+    pairs = sorted(set(zip(users.tolist(), items.tolist())))
+    items_of: list[list[int]] = [[] for _ in range(num_users)]
+    users_of: list[list[int]] = [[] for _ in range(num_items)]
+    for u, i in pairs:
+        items_of[u].append(i)
+        users_of[i].append(u)
+    out = np.zeros((len(rows), num_items))
+    for row, u in enumerate(rows.tolist()):
+        for i in items_of[u]:
+            for v in users_of[i]:
+                out[row, items_of[v]] += 1.0 / (len(items_of[u]) * len(users_of[i]) * len(items_of[v]))  # v's items: distinct
+        top = out[row].max()
+        out[row] /= top if top > 0 else 1.0
+    return out
 
 
 def independent_log_prior(data, half_life_days: float | None, split: str = "test") -> np.ndarray:
