@@ -30,7 +30,6 @@ from twotower.wiring import Run, build_run
 log = logging.getLogger("twotower")
 
 
-
 def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, float]:
     """Train and test one configuration; returns the test (and last validation) metrics.
 
