@@ -422,6 +422,48 @@ def test_a_bad_popularity_prior_in_an_export_is_refused_by_name(exported, tmp_pa
         Retriever(broken)
 
 
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("covisit.json", '{"weight": -0.5}', r'covisit\.json: \{"weight": -0\.5\}; expected \{"weight": a number >= 0\}'),
+        ("covisit.json", '{"weight": "0.3"}', r'covisit\.json: \{"weight": "0\.3"\}; expected \{"weight": a number >= 0\}'),
+        ("covisit.json", '{"weight": 0.3, "module": "os"}', r"covisit\.json: .*; expected"),
+        ("item_log_prior.npy", np.zeros(3, dtype=np.float32), r"item_log_prior\.npy: 3 values for \d+ item ids; expected one finite value per item"),
+        ("seen_positive.npy", np.ones(3, dtype=bool), r"seen_positive\.npy: 3 flags for \d+ seen items; expected one per item"),
+    ],
+    ids=["negative", "text", "extra_key", "short_log_prior", "short_positive_flags"],
+)
+def test_a_bad_co_visitation_weight_or_log_prior_in_an_export_is_refused_by_name(exported, tmp_path, name, value, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    if isinstance(value, str):
+        (broken / name).write_text(value)
+    else:
+        np.save(broken / name, value)
+    rehash(broken)
+    with pytest.raises(ExportError, match=message):
+        Retriever(broken)
+
+
+def test_evaluate_through_a_missing_or_foreign_export_is_refused_in_one_line(trained, exported, tmp_path, capsys):
+    from twotower.evaluate import evaluate_main
+
+    assert evaluate_main([str(trained), "--export", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "export folder" in err[0] and "does not exist" in err[0]
+    foreign = tmp_path / "foreign"
+    shutil.copytree(exported, foreign)
+    items = json.loads((foreign / "item_ids.json").read_text())
+    (foreign / "item_ids.json").write_text(json.dumps([f"other-{i}" for i in items]))
+    rehash(foreign)
+    assert evaluate_main([str(trained), "--export", str(foreign)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not those of this run's data; expected an export of this run" in err[0]
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main([str(trained), "--export", "--split", "val"])
+    assert stop.value.code == 2 and "--export answers the test users" in capsys.readouterr().err
+
+
 def rehash(export_dir: Path) -> None:
     """Write an export's checksums.json again for its current files (as an edit made on purpose would)."""
     from twotower.integrity import folder_digests

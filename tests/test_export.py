@@ -14,7 +14,7 @@ from twotower.index import ItemIndex
 from twotower.restore import load_run
 from twotower.retrieval import load_user_tower
 from twotower.training import train
-from brute_force import independent_log_prior
+from brute_force import independent_log_prior, independent_p3
 
 TINY = [
     "debug=fast",
@@ -87,6 +87,44 @@ def test_exact_index_equals_brute_force(run_dir, export_dir):
     brute = torch.topk(torch.from_numpy(users @ items.T + weights[:, None] * log_prior[None, :]), 10, dim=1)
     np.testing.assert_allclose(scores, brute.values.numpy(), rtol=1e-5, atol=1e-6)
     assert np.array_equal(positions, brute.indices.numpy())
+
+
+def test_co_visitation_is_merged_with_the_index_and_the_prior(run_dir, export_dir, tmp_path):
+    """An export with a co-visitation weight (set here in ``covisit.json``, as a run with
+    ``model.covisit_weight`` would write it) ranks known users by inner product + prior +
+    ``w * p3`` over their positives seen, recomputed here, their training items left out."""
+    from test_bad_input import rehash
+    from twotower.retrieval import Retriever
+
+    edited = tmp_path / "edited"
+    shutil.copytree(export_dir, edited)
+    assert json.loads((edited / "covisit.json").read_text()) == {"weight": 0.0}
+    (edited / "covisit.json").write_text('{"weight": 0.5}')
+    rehash(edited)
+    retriever = Retriever(edited)
+    assert retriever.metadata()["covisit_weight"] == 0.5
+    _, run, _ = load_run(run_dir)
+    data, prior = run.data, run.module.popularity_prior
+    observed = [data.splits[name].positives() for name in ("train", "val")]
+    pair_users, pair_items = (np.concatenate([getattr(p, side).numpy() for p in observed]) for side in ("user", "item"))
+    rows = np.arange(0, data.num_users, 9)
+    with torch.no_grad():
+        users = run.model.encode_users(run.datamodule.packed("user").gather(torch.as_tensor(rows))).double().numpy()
+        items = run.model.encode_items(run.datamodule.packed("item").gather(torch.arange(data.num_items))).double().numpy()
+    warm = np.isin(rows, data.splits["train"].user.numpy())
+    scores = (users @ items.T + np.where(warm, prior.warm_weight, prior.cold_weight)[:, None] * independent_log_prior(data, prior.half_life_days)
+              + 0.5 * independent_p3(pair_users, pair_items, data.num_users, data.num_items, rows))  # fmt: skip
+    answers = retriever.recommend([str(data.user_ids[u]) for u in rows], k=10)
+    plain = Retriever(export_dir).recommend([str(data.user_ids[u]) for u in rows], k=10)
+    assert sum(a != b for a, b in zip(answers, plain)) > len(rows) // 2  # the walks moved most users' answers
+    row_of = {str(i): r for r, i in enumerate(data.item_ids.tolist())}
+    seen_users, seen_items = (torch.cat([getattr(data.splits[n], side) for n in ("train", "val")]).numpy() for side in ("user", "item"))
+    assert len(seen_items) > len(pair_items)  # low ratings: seen and left out, but no walk goes through them
+    for r, (user, answer) in enumerate(zip(rows, answers)):
+        scores[r, seen_items[seen_users == user]] = -np.inf
+        got = [row_of[str(item["id"])] for item in answer]
+        np.testing.assert_allclose([item["score"] for item in answer], np.sort(scores[r])[::-1][:10], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(scores[r, got], [item["score"] for item in answer], rtol=1e-5, atol=1e-5)
 
 
 def test_evaluate_reproduces_results(run_dir, capsys):

@@ -79,8 +79,8 @@ def reference(trained):
     with torch.no_grad():
         items = run.model.encode_items(dm.packed("item").gather(torch.arange(data.num_items))).numpy()
     seen: dict[str, set] = {}
-    for split in ("train", "val"):
-        part = data.splits[split].positives()
+    for split in ("train", "val"):  # every interaction, as the test ranking masks them, not the positives only
+        part = data.splits[split]
         for u, i in zip(part.user.tolist(), part.item.tolist()):
             seen.setdefault(str(data.user_ids[u]), set()).add(i)
 

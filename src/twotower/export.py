@@ -5,7 +5,8 @@ Console scripts:
 - ``twotower-export RUN [--out DIR] [--index exact|hnsw|ivfpq] [--ckpt best|last]``:
   item vectors + an :class:`ItemIndex`, the user tower (weights and constructor
   arguments), the encoded user features, the model's popularity prior (indexed with the
-  items; :mod:`twotower.prior`), and the index's quality against exact search.
+  items; :mod:`twotower.prior`), the co-visitation score's weight (its walks go over the
+  exported seen pairs; :mod:`twotower.covisit`), and the index's quality against exact search.
 - ``twotower-retrieve EXPORT --user ID [--user ID ...] [-k 10]``: top-k items for
   known users, from the exported files only (no config, no checkpoint).
 
@@ -36,7 +37,8 @@ from twotower.index import ItemIndex, ann_quality
 from twotower.models import Tower, TwoTowerModel, require_factorized
 from twotower.models.tower import select_features
 from twotower.prior import append_column
-from twotower.retrieval import CHECKSUMS, INDEX_DIR, PRIOR_FILE, SEEN_FILES, USER_WARM_FILE, Retriever, encode
+from twotower.retrieval import (CHECKSUMS, COVISIT_FILE, INDEX_DIR, LOG_PRIOR_FILE, PRIOR_FILE, SEEN_FILES, USER_WARM_FILE,
+                                Retriever, encode)  # fmt: skip
 
 TOWER_ARGS = {"embedding_dim": 32, "mlp": [128, 64], "dropout": 0.0, "normalize": True}  # TwoTowerModel defaults
 
@@ -48,15 +50,19 @@ def tower_spec(cfg: DictConfig, fitted: dict) -> dict:
     return {"args": args, "fitted": select_features(fitted, net.get("feature_set", "all"))["user"]}
 
 
-def seen_items_csr(data) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's training items (training and validation positives), CSR over the users:
-    ``(ptr [U+1] int64, item rows [S] int32)``, what retrieval leaves out by default."""
-    parts = [data.splits[name].positives() for name in ("train", "val")]
-    users = torch.cat([p.user for p in parts]).numpy()
-    items = torch.cat([p.item for p in parts]).numpy()
-    keys = np.unique(users.astype(np.int64) * data.num_items + items)  # sorted by user, then item; no repeats
-    counts = np.bincount(keys // data.num_items, minlength=data.num_users)
-    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), (keys % data.num_items).astype(np.int32)
+def seen_items_csr(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's training items (every training and validation interaction, what the test
+    ranking masks and retrieval leaves out by default), CSR over the users: ``(ptr [U+1] int64,
+    item rows [S] int32, positive [S] bool)``, ``positive``: the pair was a positive (a click;
+    the co-visitation walks go over those)."""
+    parts = [data.splits[name] for name in ("train", "val")]
+    keys = torch.cat([p.user for p in parts]).numpy().astype(np.int64) * data.num_items + torch.cat([p.item for p in parts]).numpy()
+    positive = torch.cat([p.positive for p in parts]).numpy()
+    distinct = np.unique(keys)  # sorted by user, then item; no repeats
+    positive_keys = np.unique(keys[positive])
+    counts = np.bincount(distinct // data.num_items, minlength=data.num_users)
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return ptr, (distinct % data.num_items).astype(np.int32), np.isin(distinct, positive_keys)
 
 
 def user_warm_flags(data) -> np.ndarray:
@@ -85,11 +91,6 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
             "a user vector blended with the history (model.net.history_weight) has no standalone user tower to "
             "export yet; expected a model without history_weight (its item vectors and metrics are evaluated as usual)"
         )
-    if run.module.covisit_weight:
-        raise ValueError(
-            f"model.covisit_weight={run.module.covisit_weight:g}: the co-visitation score is added at exact ranking "
-            "only and is not exported yet; expected a run with model.covisit_weight=0 (its towers export as they are)"
-        )
     data = run.data
     target = Path(out) if out is not None else run_dir_of(ckpt_path) / "export"
     if target.exists() and not overwrite:
@@ -98,9 +99,10 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
     users = encode(model.user_tower, data.user_features, data.num_users)  # [U, D]
     user_warm = user_warm_flags(data)
     prior = run.module.popularity_prior
-    indexed, queries = items, users
+    indexed, queries, log_prior = items, users, torch.zeros(data.num_items)
     if prior is not None:  # the index ranks by score + prior: [v, log(1 + c)] . [u, w] (twotower.prior)
-        indexed = append_column(items, prior.item_log_prior(*data.clicks_before("test"), data.num_items))
+        log_prior = prior.item_log_prior(*data.clicks_before("test"), data.num_items)
+        indexed = append_column(items, log_prior)
         queries = append_column(users, prior.user_weights(torch.as_tensor(user_warm)))
     items, indexed, queries = items.numpy(), indexed.numpy(), queries.numpy()
     item_ids, user_ids = data.item_ids.tolist(), data.user_ids.tolist()
@@ -121,11 +123,13 @@ def export(path: str | os.PathLike, out: str | os.PathLike | None = None, index:
         _write_json(tmp / "user_tower.json", spec)
         torch.save({k: v.clone() for k, v in data.user_features.items()}, tmp / "user_features.pt")
         _write_json(tmp / "user_ids.json", user_ids)
-        seen_ptr, seen_items = seen_items_csr(data)
-        np.save(tmp / SEEN_FILES[0], seen_ptr)
-        np.save(tmp / SEEN_FILES[1], seen_items)
+        for name, array in zip(SEEN_FILES, seen_items_csr(data)):
+            np.save(tmp / name, array)
         np.save(tmp / USER_WARM_FILE, user_warm)
         _write_json(tmp / PRIOR_FILE, None if prior is None else asdict(prior))
+        np.save(tmp / LOG_PRIOR_FILE, log_prior.numpy().astype(np.float32))
+        # The walks go over the seen positives written above: those observed before test, as when testing.
+        _write_json(tmp / COVISIT_FILE, {"weight": float(run.module.covisit_weight)})
         _write_json(tmp / "features.json", ckpt["twotower_features"])
         rng = np.random.default_rng(seed)
         sample = rng.choice(len(queries), size=min(1000, len(queries)), replace=False)
@@ -165,7 +169,9 @@ def export_main(argv: list[str] | None = None) -> int:
             raise
         return report(p.prog, err)
     quality = json.loads((out / "ann_quality.json").read_text())
-    print(f"exported to {out}: {args.index} index, recall@{quality['k']}={quality['recall@k']:.4f}, qps={quality['qps']:.0f}")
+    covisit = json.loads((out / COVISIT_FILE).read_text())["weight"]
+    merged = f", co-visitation weight {covisit:g} merged at retrieval" if covisit else ""
+    print(f"exported to {out}: {args.index} index, recall@{quality['k']}={quality['recall@k']:.4f}, qps={quality['qps']:.0f}{merged}")
     return 0
 
 

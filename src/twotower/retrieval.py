@@ -22,6 +22,7 @@ import torch
 
 import twotower
 from twotower.artifacts import check_plain_values, first_line, load_weights
+from twotower.covisit import CoVisitation, top_k_with_walks
 from twotower.data.features import encode_feature
 from twotower.index import FILES as INDEX_FILES
 from twotower.index import MANIFEST_FILE, ItemIndex
@@ -30,11 +31,14 @@ from twotower.models import Tower
 from twotower.prior import PopularityPrior, append_column
 
 INDEX_DIR = "index"
-SEEN_FILES = ("seen_ptr.npy", "seen_items.npy")  # each user's training items, CSR over user_ids.json
+SEEN_FILES = ("seen_ptr.npy", "seen_items.npy", "seen_positive.npy")  # each user's training items, CSR over user_ids.json
 PRIOR_FILE = "popularity_prior.json"  # the model's popularity prior (twotower.prior), or null
 USER_WARM_FILE = "user_warm.npy"  # [U] bool over user_ids.json: the user has training data
+LOG_PRIOR_FILE = "item_log_prior.npy"  # [N] float32: the prior's column of the index (zeros without a prior)
+COVISIT_FILE = "covisit.json"  # {"weight": w}: the co-visitation score's weight at ranking (twotower.covisit), 0 for none
 EXPORT_FILES = ("item_vectors.npy", "item_ids.json", "user_tower.pt", "user_tower.json", "user_features.pt",
-                "user_ids.json", "features.json", "ann_quality.json", *SEEN_FILES, PRIOR_FILE, USER_WARM_FILE)  # fmt: skip
+                "user_ids.json", "features.json", "ann_quality.json", *SEEN_FILES, PRIOR_FILE, USER_WARM_FILE,
+                LOG_PRIOR_FILE, COVISIT_FILE)  # fmt: skip
 CHECKSUMS = "checksums.json"  # SHA-256 of every other file of an export, written last
 ENCODE_CHUNK = 65536
 
@@ -158,15 +162,27 @@ def read_prior(path: Path) -> PopularityPrior | None:
         raise ExportError(f"{path}: not a popularity prior ({first_line(err)}); expected null or warm_weight, cold_weight, half_life_days (export again)") from None
 
 
-def read_seen(folder: Path, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ptr [U+1], items [S])``: user ``u``'s training items are the item rows
-    ``items[ptr[u]:ptr[u+1]]`` (rows of ``item_ids.json``)."""
-    ptr, items = (read_array(folder / name, "i", 1) for name in SEEN_FILES)
+def read_covisit_weight(path: Path) -> float:
+    """``covisit.json``: ``{"weight": w}``, a number ``w >= 0``."""
+    value = read_json(path)
+    weight = value.get("weight") if isinstance(value, dict) and set(value) == {"weight"} else None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+        raise ExportError(f"{path}: {json.dumps(value)[:80]}; expected {{\"weight\": a number >= 0}} (export again)")
+    return float(weight)
+
+
+def read_seen(folder: Path, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ptr [U+1], items [S], positive [S] bool)``: user ``u``'s training items are the item
+    rows ``items[ptr[u]:ptr[u+1]]`` (rows of ``item_ids.json``), ``positive`` those that were clicks."""
+    ptr, items = (read_array(folder / name, "i", 1) for name in SEEN_FILES[:2])
+    positive = read_array(folder / SEEN_FILES[2], "b", 1)
     if len(ptr) != num_users + 1 or ptr[0] != 0 or ptr[-1] != len(items) or (np.diff(ptr) < 0).any():
         raise ExportError(f"{folder / SEEN_FILES[0]}: not the offsets of {num_users} users into {len(items)} items (export again)")
     if len(items) and (items.min() < 0 or items.max() >= num_items):
         raise ExportError(f"{folder / SEEN_FILES[1]}: item rows outside 0..{num_items - 1} (export again)")
-    return ptr, items
+    if len(positive) != len(items):
+        raise ExportError(f"{folder / SEEN_FILES[2]}: {len(positive)} flags for {len(items)} seen items; expected one per item (export again)")
+    return ptr, items, positive
 
 
 class Retriever:
@@ -189,7 +205,7 @@ class Retriever:
         short = {n: len(t) for n, t in self.user_features.items() if len(t) != len(self.user_ids)}
         if short:
             raise ExportError(f"{folder / 'user_features.pt'}: rows {short} for {len(self.user_ids)} user ids in user_ids.json; expected one row per user (export again)")
-        self.seen_ptr, self.seen_items = read_seen(folder, len(self.user_ids), len(self.item_ids))
+        self.seen_ptr, self.seen_items, seen_positive = read_seen(folder, len(self.user_ids), len(self.item_ids))
         self.index = ItemIndex.load(folder / INDEX_DIR)
         self.item_vectors = read_array(folder / "item_vectors.npy", "f", 2)
         if len(self.item_vectors) != len(self.item_ids) or len(self.index) != len(self.item_ids):
@@ -199,6 +215,15 @@ class Retriever:
         warm = read_array(folder / USER_WARM_FILE, "b", 1)
         if len(warm) != len(self.user_ids):
             raise ExportError(f"{folder / USER_WARM_FILE}: {len(warm)} flags for {len(self.user_ids)} user ids; expected one per user (export again)")
+        log_prior = read_array(folder / LOG_PRIOR_FILE, "f", 1).astype(np.float32)
+        if len(log_prior) != len(self.item_ids) or not np.isfinite(log_prior).all():
+            raise ExportError(f"{folder / LOG_PRIOR_FILE}: {len(log_prior)} values for {len(self.item_ids)} item ids; expected one finite value per item (export again)")
+        # What the index holds, for scoring the co-visitation's items exactly (twotower.covisit.top_k_with_walks).
+        self.indexed = self.item_vectors if self.prior is None else np.concatenate([self.item_vectors, log_prior[:, None]], axis=1)
+        self.covisit_weight = read_covisit_weight(folder / COVISIT_FILE)
+        users = np.repeat(np.arange(len(self.user_ids)), np.diff(self.seen_ptr))  # the walks go over the seen positives
+        self.covisit = (CoVisitation(users[seen_positive], self.seen_items[seen_positive], len(self.user_ids), len(self.item_ids))
+                        if self.covisit_weight else None)  # fmt: skip
         # Known users' vectors are fixed, like the items': computed once here, so a request for
         # a known user is one index search (the tower runs per request for new users only).
         self.user_vectors = self._query(encode(self.tower, self.user_features, len(self.user_ids)), torch.as_tensor(warm))
@@ -227,21 +252,45 @@ class Retriever:
         row = self.user_row[user_id]
         return self.seen_items[self.seen_ptr[row] : self.seen_ptr[row + 1]]
 
-    def search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray]) -> list[list[dict]]:
+    def search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray], user_rows: np.ndarray | None = None) -> list[list[dict]]:
         """Top-``k`` items per query ``[Q, D]``, leaving out each query's ``exclude`` item rows:
-        the index is asked for ``k`` plus the most any query excludes, so ``k`` remain."""
+        the index is asked for ``k`` plus the most any query excludes, so ``k`` remain. With a
+        co-visitation weight, the known users of ``user_rows [Q]`` (rows of ``user_ids.json``,
+        ``-1``: none) are ranked by the index's score plus the weighted co-visitation score over
+        the index's candidates and the items their walks reach (:func:`~twotower.covisit.top_k_with_walks`)."""
         if len(queries) == 0:
             return []
         extra = max((len(e) for e in exclude), default=0)
         scores, _, positions = self.index.search(queries, min(k + extra, len(self.item_ids)))
+        walks = self._walks(np.full(len(queries), -1) if user_rows is None else user_rows)
         results = []
         for q in range(len(queries)):
-            keep = positions[q] >= 0
-            if len(exclude[q]):
-                keep &= ~np.isin(positions[q], exclude[q])
-            rows, best = positions[q][keep][:k], scores[q][keep][:k]
+            if walks[q] is not None:  # an item the index did not return scores at most the last one it did
+                found = positions[q] >= 0
+                bound = float(scores[q][found].min()) if 0 < found.sum() < len(self.item_ids) else -np.inf
+                rows, best = top_k_with_walks(queries[q], self.indexed, positions[q], bound, *walks[q], self.covisit_weight, exclude[q], k)
+            else:
+                keep = positions[q] >= 0
+                if len(exclude[q]):
+                    keep &= ~np.isin(positions[q], exclude[q])
+                rows, best = positions[q][keep][:k], scores[q][keep][:k]
             results.append([self._item(int(r), float(s), rank) for rank, (r, s) in enumerate(zip(rows, best), start=1)])
         return results
+
+    def _walks(self, user_rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per user row (``-1``: not a known user): ``(item rows [S], co-visitation scores [S])``
+        of the items its walks reach, or ``None`` (no weight, no walks)."""
+        walks: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(user_rows)
+        if self.covisit is None:
+            return walks
+        known = np.flatnonzero(user_rows >= 0)
+        ends = self.covisit.sparse_scores(user_rows[known])  # [K, N] CSR
+        ends.sort_indices()  # each row's items ascending, as top_k_with_walks looks them up
+        for row, q in enumerate(known):
+            span = slice(ends.indptr[row], ends.indptr[row + 1])
+            if span.start < span.stop:
+                walks[q] = (ends.indices[span], ends.data[span])
+        return walks
 
     def recommend(self, user_ids: list[str] = (), new_users: list[dict] = (), k: int = 10, exclude_seen: bool = True) -> list[list[dict]]:
         """Top-``k`` items for each known user (raw ids, as strings; vectors computed at load),
@@ -258,7 +307,8 @@ class Retriever:
             return []
         none = np.empty(0, dtype=np.int64)
         exclude = [self.seen(u) if exclude_seen else none for u in user_ids] + [none] * len(new_users)
-        return self.search(np.concatenate(parts), k, exclude)
+        user_rows = np.array([self.user_row[u] for u in user_ids] + [-1] * len(new_users), dtype=np.int64)
+        return self.search(np.concatenate(parts), k, exclude, user_rows)
 
     def similar(self, item_id: str, k: int = 10) -> list[dict]:
         """The ``k`` items nearest to ``item_id`` by item vector (itself left out)."""
@@ -281,6 +331,7 @@ class Retriever:
             "items": len(self.item_ids),
             "user_features": [f["name"] for f in self.spec["fitted"] if f["kind"] != "id"],
             "popularity_prior": None if self.prior is None else asdict(self.prior),
+            "covisit_weight": self.covisit_weight,
             "package_version": twotower.__version__,
         }
 
