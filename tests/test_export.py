@@ -117,6 +117,10 @@ def test_co_visitation_is_merged_with_the_index_and_the_prior(run_dir, export_di
     answers = retriever.recommend([str(data.user_ids[u]) for u in rows], k=10)
     plain = Retriever(export_dir).recommend([str(data.user_ids[u]) for u in rows], k=10)
     assert sum(a != b for a, b in zip(answers, plain)) > len(rows) // 2  # the walks moved most users' answers
+    # In one request with a known user, a new user (no history, no walks) gets the towers' answer.
+    new_user = {"age": "30", "gender": "F"}
+    mixed = retriever.recommend([str(data.user_ids[rows[1]])], [new_user], k=10)
+    assert mixed == [answers[1], Retriever(export_dir).recommend([], [new_user], k=10)[0]]
     row_of = {str(i): r for r, i in enumerate(data.item_ids.tolist())}
     seen_users, seen_items = (torch.cat([getattr(data.splits[n], side) for n in ("train", "val")]).numpy() for side in ("user", "item"))
     assert len(seen_items) > len(pair_items)  # low ratings: seen and left out, but no walk goes through them

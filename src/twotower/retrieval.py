@@ -57,7 +57,8 @@ def check_export(export_dir: str | os.PathLike) -> Path:
     missing = [name for name in (*EXPORT_FILES, CHECKSUMS) if not (folder / name).is_file()]
     missing += [f"{INDEX_DIR}/"] if not (folder / INDEX_DIR).is_dir() else []
     if missing:
-        raise FileNotFoundError(f"export {folder} is incomplete: missing {', '.join(missing)}")
+        raise FileNotFoundError(f"export {folder} is incomplete: missing {', '.join(missing)} "
+                                "(an export by an earlier twotower lacks the newer files: export again)")  # fmt: skip
     recorded = read_json(folder / CHECKSUMS)
     if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
         raise ExportError(f"{folder / CHECKSUMS}: expected {{file: sha256}}, as twotower-export writes it (export again)")
