@@ -1,6 +1,8 @@
-"""The co-visitation score (P3) against a hand-computed walk and every path of the walk enumerated, and a
-run ranking with it: its test metrics against an independent evaluation, and the same as
-``twotower-evaluate --covisit-weight`` on a run trained without it. Every output under tmp_path."""
+"""The co-visitation score (P3) against a hand-computed walk and every path of the walk enumerated;
+its merge with an index's candidates at serving against a brute-force ranking; a run ranking
+with it: its test metrics against an independent evaluation, the same as ``twotower-evaluate
+--covisit-weight`` on a run trained without it and as its export serves; the weight a run's
+``eval.covisit_search`` reports. Every output under tmp_path."""
 
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ import torch
 from brute_force import brute_force_test_metrics, independent_p3
 from twotower.config import compose_config
 from twotower.covisit import CoVisitation, top_k_with_walks
-from twotower.evaluate import evaluate_main, rank_by_covisit_weight, served
+from twotower.evaluate import evaluate_main, served
+from twotower.rerank import rank_by_covisit_weight
 from twotower.export import export_main
 from twotower.restore import load_run
 from twotower.retrieval import read_json
@@ -121,3 +124,24 @@ def test_a_run_ranks_with_it_as_evaluate_does(tmp_path, capsys):
     assert out[1].split()[:3] == ["covisit_weight", "recall@10", "recall@20"] and [r.split()[0] for r in out[2:4]] == ["0", "0.5"]
     assert out[-1].startswith("best val ndcg@10: covisit_weight=")
 
+
+@pytest.mark.slow
+def test_a_run_reports_the_weight_validation_chooses(tmp_path, capsys):
+    """``eval.covisit_search``: the best checkpoint ranks the validation users once per weight, as
+    ``twotower-evaluate --split val --covisit-weight`` does; the best on the monitor is reported,
+    and the run still tests with its own ``model.covisit_weight`` (0 here)."""
+    monitored = [o for o in TINY if not o.startswith(("eval.monitor", "eval.patience"))] + ["eval.monitor=val/recall@20"]
+    plain, searched = tmp_path / "plain", tmp_path / "searched"
+    expected = train(compose_config(monitored, output_dir=plain))
+    results = train(compose_config(monitored + ["eval.covisit_search=[0.5,0,2]"], output_dir=searched))
+    out = capsys.readouterr().out
+    report = read_json(searched / "covisit_search.json")
+    ranked = rank_by_covisit_weight(load_run(searched, "best")[1], "val", [0.0, 0.5, 2.0])
+    assert report["monitor"] == "val/recall@20" and list(report["metrics"]) == ["0", "0.5", "2"]
+    for weight, metrics in ranked.items():
+        assert report["metrics"][f"{weight:g}"]["val/recall@20"] == pytest.approx(metrics["val/recall@20"], abs=1e-7)
+    best = max(ranked, key=lambda w: ranked[w]["val/recall@20"])
+    assert report["best_weight"] == best == results["val/covisit/best_weight"]
+    assert len({m["val/recall@20"] for m in ranked.values()}) > 1  # the weights rank differently
+    assert f"best val/recall@20: covisit_weight={best:g} (the model.covisit_weight for the final run)" in out
+    assert results["test/recall@20"] == expected["test/recall@20"]  # tested as without the search

@@ -21,7 +21,7 @@ LAYERS = {
     5: {"hard_negatives", "callbacks", "retrieval"},
     6: {"module"},
     7: {"wiring"},
-    8: {"training", "restore"},
+    8: {"training", "restore", "rerank"},
     9: {"train", "evaluate", "export", "serve"},
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}

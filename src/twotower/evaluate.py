@@ -15,15 +15,14 @@ import math
 import os
 import time
 
-import lightning as L
 import numpy as np
 import torch
 
 from twotower.cli import is_refusal, report
-from twotower.loggers import quiet_lightning
 from twotower.metric_names import METRIC_NAMES
 from twotower.metrics import per_user_metrics
 from twotower.report import format_table
+from twotower.rerank import covisit_table, rank, rank_by_covisit_weight
 from twotower.restore import load_run, run_dir_of
 from twotower.retrieval import Retriever, read_json
 from twotower.wiring import Run
@@ -44,22 +43,6 @@ def saved_test_metrics(ckpt_path) -> dict[str, float]:
     results_file = run_dir_of(ckpt_path) / "results.json"
     saved = read_json(results_file) if results_file.is_file() else {}
     return {k: v for k, v in saved.items() if k.startswith("test/")}
-
-
-def rank(run: Run, split: str) -> dict[str, float]:
-    """The metrics of ``run``'s model ranking ``split``'s users (the run's own test-batch limit,
-    e.g. debug=fast's, on test, so the same users are evaluated)."""
-    if len(run.data.eval_sets[split].users) == 0:
-        raise ValueError(f"{run.data.name} has no {split} users in this run (data.split.val_ratio=0?): expected a run with a {split} split")
-    limit = run.cfg.trainer.get("limit_test_batches", None) if split == "test" else None
-    quiet_lightning()
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
-                        enable_model_summary=False, **({"limit_test_batches": limit} if limit is not None else {}))  # fmt: skip
-    if split == "test":
-        trainer.test(run.module, datamodule=run.datamodule, verbose=False)
-        return dict(run.module.test_metrics)
-    trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
-    return dict(run.module.val_metrics)
 
 
 def served(run: Run, export_dir: str | os.PathLike) -> tuple[dict[str, float], int, float]:
@@ -94,25 +77,6 @@ def tested_user_count(run: Run) -> int:
     batches = -(-total // chunk)
     used = min(limit, batches) if isinstance(limit, int) else int(batches * limit)
     return min(total, used * chunk)
-
-
-def rank_by_covisit_weight(run: Run, split: str, weights: list[float]) -> dict[float, dict[str, float]]:
-    """``split``'s metrics of ``run``'s model ranking with each co-visitation weight, exactly
-    (as a run with that ``model.covisit_weight`` ranks, whatever its ``eval.backend``)."""
-    run.module.eval_backend = "torch"
-    ranked = {}
-    for weight in weights:
-        run.module.covisit_weight = weight
-        ranked[weight] = rank(run, split)
-    return ranked
-
-
-def covisit_table(ranked: dict[float, dict[str, float]], split: str, ks: list[int]) -> str:
-    """One row per weight: Recall and NDCG at each cut-off."""
-    columns = [f"{name}@{k}" for name in ("recall", "ndcg") for k in ks]
-    lines = ["covisit_weight" + "".join(c.rjust(12) for c in columns)]
-    lines += [f"{w:<14g}" + "".join(f"{m[f'{split}/{c}']:12.4f}" for c in columns) for w, m in ranked.items()]
-    return "\n".join(lines)
 
 
 def _weight(text: str) -> float:

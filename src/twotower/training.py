@@ -18,6 +18,7 @@ from twotower.checkpoints import AtomicCheckpointIO, checkpoint_step, resume_che
 from twotower.cli import redact_secrets
 from twotower.config import build, resolved_config
 from twotower.errors import ConfigError
+from twotower.fsutil import write_json_atomic
 from twotower.launch import is_main_process
 from twotower.loggers import build_loggers, drop_metrics_after, quiet_lightning
 from twotower.metrics import RankingAccumulator, popularity_ranking
@@ -25,8 +26,9 @@ from twotower.per_user import write_per_user
 from twotower.report import format_table, write_results
 from twotower.runs import run_labels, sweep_name
 from twotower.wandb_runs import finish_wandb, log_summary
-from twotower.wiring import Run, build_run
+from twotower.wiring import Run, build_run, check_covisit_search
 
+COVISIT_SEARCH_FILE = "covisit_search.json"
 log = logging.getLogger("twotower")
 
 
@@ -72,10 +74,13 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         reference = popularity_reference(run)
         metrics.update(reference.compute("popularity/test"))
         if writes_files:
+            searched = ""
+            if cfg.eval.get("covisit_search") is not None:
+                metrics["val/covisit/best_weight"], searched = search_covisit_weight(run, run_dir)
             write_results(metrics, run_dir)
             write_test_per_user(run, run_dir, reference.per_user("popularity/test"))
             log_summary(metrics)
-            print(f"\nTest metrics ({data.name}, {cfg.model.name}):\n{format_table(metrics, 'test')}\n{prior_line(run)}{covisit_line(run)}run directory: {run_dir}")
+            print(f"\nTest metrics ({data.name}, {cfg.model.name}):\n{format_table(metrics, 'test')}\n{prior_line(run)}{covisit_line(run)}{searched}run directory: {run_dir}")
         exit_code = 0
         return metrics
     finally:
@@ -97,6 +102,25 @@ def covisit_line(run: Run) -> str:
     """What the co-visitation score added to the model's scores, for the end-of-run printout."""
     weight = run.module.covisit_weight
     return f"co-visitation score: weight {weight:g} (twotower.covisit)\n" if weight else ""
+
+
+def search_covisit_weight(run: Run, run_dir: Path) -> tuple[float, str]:
+    """Rank the validation users with the best checkpoint once per weight of ``eval.covisit_search``
+    (:func:`twotower.rerank.rank_by_covisit_weight`), write ``covisit_search.json`` (every
+    weight's validation metrics, the best on ``eval.monitor``; ties to the smaller weight);
+    ``(the best weight, the lines the end-of-run printout shows)``."""
+    from twotower.rerank import covisit_table, rank_by_covisit_weight
+    from twotower.restore import load_run
+
+    cfg = run.cfg
+    weights = check_covisit_search(cfg.eval.covisit_search, cfg.eval.monitor, len(run.data.eval_sets["val"].users))
+    _, best_run, _ = load_run(run_dir, "best")
+    ranked = rank_by_covisit_weight(best_run, "val", list(weights))
+    best = max(ranked, key=lambda w: ranked[w][cfg.eval.monitor])  # the first of equals: the smaller weight
+    write_json_atomic(run_dir / COVISIT_SEARCH_FILE,
+                      {"monitor": cfg.eval.monitor, "best_weight": best, "metrics": {f"{w:g}": ranked[w] for w in weights}})  # fmt: skip
+    return best, (f"co-visitation weight on validation (best checkpoint; eval.covisit_search):\n{covisit_table(ranked, 'val', list(cfg.eval.ks))}\n"
+            f"best {cfg.eval.monitor}: covisit_weight={best:g} (the model.covisit_weight for the final run)\n")
 
 
 def run_loggers(cfg: DictConfig, run_dir: Path, config: dict) -> list:

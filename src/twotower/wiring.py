@@ -137,6 +137,8 @@ def build_run(
         datamodule.read_only(model.read_features)
     on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
     covisit_weight = check_covisit_weight(cfg.model.get("covisit_weight", 0.0), cfg.eval.backend)
+    if for_training:
+        check_covisit_search(cfg.eval.get("covisit_search"), cfg.eval.monitor, len(data.eval_sets["val"].users), trainable)
     # The co-visitation score is added to the exact scores: auto means torch then.
     requested = "torch" if covisit_weight and cfg.eval.backend == "auto" else cfg.eval.backend
     eval_backend = choose_backend(requested, getattr(model, "factorizes", False), data.num_items, on_gpu)
@@ -170,6 +172,28 @@ def check_covisit_weight(weight, eval_backend: str) -> float:
     if weight and eval_backend == "faiss":
         raise ConfigError("model.covisit_weight adds a score that FAISS does not index: expected eval.backend=torch, or model.covisit_weight=0")
     return float(weight)
+
+
+def check_covisit_search(weights, monitor: str | None, val_users: int, trainable: bool = True) -> tuple[float, ...] | None:
+    """``eval.covisit_search`` as sorted distinct floats (or None): numbers >= 0, compared on a
+    monitored per-user ranking metric over validation users, with a trained model's best checkpoint."""
+    if weights is None:
+        return None
+    values = list(weights) if OmegaConf.is_list(weights) or isinstance(weights, (list, tuple)) else None
+    if not values or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in values):
+        raise ConfigError(f"eval.covisit_search={weights!r}: expected a list of co-visitation weights >= 0 (e.g. [0, 0.1, 0.3]), or null")
+    if not trainable:
+        raise ConfigError("eval.covisit_search ranks the best checkpoint of a trained model and this model does not train "
+                          "(model.optimizer=null): expected eval.covisit_search=null")  # fmt: skip
+    if val_users == 0:
+        raise ConfigError("eval.covisit_search compares weights on validation and this run has no validation users: "
+                          "expected data.split.val_ratio > 0, or eval.covisit_search=null")  # fmt: skip
+    try:
+        monitored_ranking_metric(monitor)
+    except ValueError:
+        raise ConfigError(f"eval.covisit_search picks the weight with the best eval.monitor={monitor}: expected "
+                          "eval.monitor=val/<recall|ndcg|hit_rate|mrr|precision>@K") from None  # fmt: skip
+    return tuple(sorted({float(w) for w in values}))
 
 
 def build_prior(cfg: DictConfig, model: torch.nn.Module, data: PreparedData) -> tuple[PopularityPrior | None, WeightSearch | None]:
