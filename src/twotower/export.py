@@ -6,7 +6,7 @@ Console scripts:
   item vectors + an :class:`ItemIndex`, the user tower (weights and constructor
   arguments), the encoded user features, the model's popularity prior (indexed with the
   items; :mod:`twotower.prior`), the co-visitation score's weight (its walks go over the
-  exported seen pairs; :mod:`twotower.covisit`), and the index's quality against exact search.
+  exported seen clicks; :mod:`twotower.covisit`), and the index's quality against exact search.
 - ``twotower-retrieve EXPORT --user ID [--user ID ...] [-k 10]``: top-k items for
   known users, from the exported files only (no config, no checkpoint).
 
