@@ -49,6 +49,11 @@ class CoVisitation:
         return sp.diags(_inverse(top)) @ ends
 
 
+def is_weight(value) -> bool:
+    """``value`` is a co-visitation weight: a finite number >= 0 (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and np.isfinite(value) and value >= 0
+
+
 def _inverse(degree: np.ndarray) -> np.ndarray:
     """``1 / d`` where ``d > 0``, else 0 (float32)."""
     return np.divide(1.0, degree, out=np.zeros(len(degree), dtype=np.float32), where=degree > 0)

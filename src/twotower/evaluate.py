@@ -11,7 +11,6 @@ metrics are compared with ``results.json``: the export serves what was tested.""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 
@@ -19,10 +18,11 @@ import numpy as np
 import torch
 
 from twotower.cli import is_refusal, report
+from twotower.covisit import is_weight
 from twotower.metric_names import METRIC_NAMES
 from twotower.metrics import per_user_metrics
 from twotower.report import format_table
-from twotower.rerank import covisit_table, rank, rank_by_covisit_weight
+from twotower.rerank import covisit_table, rank, rank_by_covisit_weight, tested_user_count
 from twotower.restore import load_run, run_dir_of
 from twotower.retrieval import Retriever, read_json
 from twotower.wiring import Run
@@ -67,21 +67,9 @@ def served(run: Run, export_dir: str | os.PathLike) -> tuple[dict[str, float], i
     return {f"test/{name}": values.mean().item() for name, values in per_user.items()}, count, seconds
 
 
-def tested_user_count(run: Run) -> int:
-    """How many test users (the first ones) the run's test ranked: all, or those of its first
-    ``trainer.limit_test_batches`` batches (a number, or a fraction, as Lightning counts them)."""
-    total, limit = len(run.data.eval_sets["test"].users), run.cfg.trainer.get("limit_test_batches", None)
-    if limit is None or isinstance(limit, bool):
-        return total
-    chunk = run.datamodule.test_dataloader().dataset.chunk
-    batches = -(-total // chunk)
-    used = min(limit, batches) if isinstance(limit, int) else int(batches * limit)
-    return min(total, used * chunk)
-
-
 def _weight(text: str) -> float:
     value = float(text)
-    if not (math.isfinite(value) and value >= 0):
+    if not is_weight(value):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 0")
     return value
 

@@ -27,6 +27,20 @@ def rank(run: Run, split: str) -> dict[str, float]:
     return dict(run.module.val_metrics)
 
 
+def tested_batches(num_batches: int, limit) -> int:
+    """How many of ``num_batches`` test batches a run with ``trainer.limit_test_batches=limit``
+    ranks, as Lightning counts them: all (null), a number of batches, or a fraction of them."""
+    if limit is None or isinstance(limit, bool):
+        return num_batches
+    return int(limit * num_batches) if isinstance(limit, float) else min(limit, num_batches)
+
+
+def tested_user_count(run: Run) -> int:
+    """How many test users (the first ones) the run's test ranked."""
+    loader, total = run.datamodule.test_dataloader(), len(run.data.eval_sets["test"].users)
+    return min(total, tested_batches(len(loader), run.cfg.trainer.get("limit_test_batches")) * loader.dataset.chunk)
+
+
 def rank_by_covisit_weight(run: Run, split: str, weights: list[float]) -> dict[float, dict[str, float]]:
     """``split``'s metrics of ``run``'s model ranking with each co-visitation weight, exactly
     (as a run with that ``model.covisit_weight`` ranks, whatever its ``eval.backend``)."""

@@ -22,7 +22,7 @@ import torch
 
 import twotower
 from twotower.artifacts import check_plain_values, first_line, load_weights
-from twotower.covisit import CoVisitation, top_k_with_walks
+from twotower.covisit import CoVisitation, is_weight, top_k_with_walks
 from twotower.data.features import encode_feature
 from twotower.index import FILES as INDEX_FILES
 from twotower.index import MANIFEST_FILE, ItemIndex
@@ -167,7 +167,7 @@ def read_covisit_weight(path: Path) -> float:
     """``covisit.json``: ``{"weight": w}``, a number ``w >= 0``."""
     value = read_json(path)
     weight = value.get("weight") if isinstance(value, dict) and set(value) == {"weight"} else None
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+    if not is_weight(weight):
         raise ExportError(f"{path}: {json.dumps(value)[:80]}; expected {{\"weight\": a number >= 0}} (export again)")
     return float(weight)
 

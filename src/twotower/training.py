@@ -24,6 +24,7 @@ from twotower.loggers import build_loggers, drop_metrics_after, quiet_lightning
 from twotower.metrics import RankingAccumulator, popularity_ranking
 from twotower.per_user import write_per_user
 from twotower.report import format_table, write_results
+from twotower.rerank import covisit_table, rank_by_covisit_weight, tested_batches
 from twotower.runs import run_labels, sweep_name
 from twotower.wandb_runs import finish_wandb, log_summary
 from twotower.wiring import Run, build_run, check_covisit_search
@@ -109,7 +110,6 @@ def search_covisit_weight(run: Run, run_dir: Path) -> tuple[float, str]:
     (:func:`twotower.rerank.rank_by_covisit_weight`), write ``covisit_search.json`` (every
     weight's validation metrics, the best on ``eval.monitor``; ties to the smaller weight);
     ``(the best weight, the lines the end-of-run printout shows)``."""
-    from twotower.rerank import covisit_table, rank_by_covisit_weight
     from twotower.restore import load_run
 
     cfg = run.cfg
@@ -185,12 +185,7 @@ def popularity_reference(run: Run) -> RankingAccumulator:
     run's own ``limit_test_batches``): ``popularity/test/...`` beside the model in the table,
     in ``results.json`` and in ``per_user.npz``."""
     loader = run.datamodule.test_dataloader()
-    count, limit = len(loader), run.cfg.trainer.get("limit_test_batches")
-    if isinstance(limit, float) and limit < 1:
-        count = int(limit * count)
-    elif isinstance(limit, int) and not isinstance(limit, bool):
-        count = min(limit, count)
-    batches = itertools.islice(loader, count)  # built one at a time, only those the model was tested on
+    batches = itertools.islice(loader, tested_batches(len(loader), run.cfg.trainer.get("limit_test_batches")))  # built one at a time, only those the model was tested on
     return popularity_ranking(run.data.item_counts, batches, list(run.cfg.eval.ks), run.module.popularity_bands)
 
 

@@ -11,7 +11,6 @@ here, before anything is written.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.config import build, check_eval_ks, check_loss_sampler, check_monitor_groups, check_training_step
+from twotower.covisit import is_weight
 from twotower.data.datamodule import RetrievalDataModule
 from twotower.data.prepare import PreparedData
 from twotower.errors import ConfigError
@@ -167,7 +167,7 @@ def build_run(
 
 def check_covisit_weight(weight, eval_backend: str) -> float:
     """``model.covisit_weight`` as a float: a number >= 0, and 0 with ``eval.backend=faiss``."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+    if not is_weight(weight):
         raise ConfigError(f"model.covisit_weight={weight!r}: expected a number >= 0 (0: no co-visitation score)")
     if weight and eval_backend == "faiss":
         raise ConfigError("model.covisit_weight adds a score that FAISS does not index: expected eval.backend=torch, or model.covisit_weight=0")
@@ -180,7 +180,7 @@ def check_covisit_search(weights, monitor: str | None, val_users: int, trainable
     if weights is None:
         return None
     values = list(weights) if OmegaConf.is_list(weights) or isinstance(weights, (list, tuple)) else None
-    if not values or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in values):
+    if not values or not all(is_weight(w) for w in values):
         raise ConfigError(f"eval.covisit_search={weights!r}: expected a list of co-visitation weights >= 0 (e.g. [0, 0.1, 0.3]), or null")
     if not trainable:
         raise ConfigError("eval.covisit_search ranks the best checkpoint of a trained model and this model does not train "
