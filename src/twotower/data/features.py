@@ -5,7 +5,8 @@ A tower's features are declared as a list of specs (see ``conf/data/*.yaml``):
   - ``categorical``: a vocabulary of the training values, or ``hash_buckets: N``;
   - ``multi_categorical``: ``|``-joined values, mean-pooled by the tower;
   - ``history`` (user tower only): the user's training positives, most recent
-    ``max_len`` of them, mean-pooled like a multi-valued feature; built from
+    ``max_len`` of them (without timestamps: the last in the source's order, which the
+    LightGCN files sort by item ID), mean-pooled like a multi-valued feature; built from
     the training split by ``prepare``, and the item being predicted is masked
     out of it in every training batch (else the model learns to look it up);
   - ``continuous``: ``transforms: [normalize]`` (z-score, optionally after
